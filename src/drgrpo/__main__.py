@@ -1,0 +1,3 @@
+from drgrpo.cli import main
+
+raise SystemExit(main())

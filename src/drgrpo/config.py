@@ -1,0 +1,331 @@
+"""Run configuration: frozen dataclasses, validated when made, never mutated afterwards.
+
+Each field is documented where it is declared (the string under it); `drgrpo train --help-config`
+prints those strings. A config is built from (in order) the defaults, a YAML file, and dotted
+command-line overrides such as ``objective.clip_eps_high=0.28``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from drgrpo.objective import ObjectiveSpec, resolve_objective
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    base: str | None = None
+    """Local Hugging Face folder of the base policy. None: the built-in model, SFT-warm-started on
+    the task (trained once, then cached under cache_dir)."""
+    size: str = "tiny"
+    """Built-in model size when base is None: tiny | small."""
+    cache_dir: str = ".cache/drgrpo"
+    """Where the built-in SFT base policy is cached."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
+    dtype: str = "float32"
+    """Parameter dtype: float32 | bfloat16. On CUDA, float32 weights train under bf16 autocast."""
+
+    def __post_init__(self) -> None:
+        _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"model.device={self.device!r}: use auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = "arithmetic"
+    """Built-in task: arithmetic | countdown | math."""
+    options: dict = field(default_factory=dict)
+    """Task knobs passed to drgrpo.tasks.make_task, e.g. {k_min: 2, k_max: 5} or {path: data.jsonl}."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    prompts_per_step: int = 16
+    """B: prompts drawn per RL step."""
+    group_size: int = 8
+    """K: rollouts sampled per prompt (one group)."""
+    max_new_tokens: int = 48
+    """L_max: response length cap; also the constant of num_sequences_x_max_tokens."""
+    temperature: float = 1.0
+    """Sampling temperature; the loss scores the same tempered distribution."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 = off)."""
+    truncated: str = "keep"
+    """What to do with a response that hit max_new_tokens: keep | mask_loss (no gradient) |
+    zero_reward (scored 0)."""
+    reward_timeout_s: float = 5.0
+    """A verifier call slower than this scores 0 and is counted in reward/timeouts."""
+
+    def __post_init__(self) -> None:
+        _positive("rollout.prompts_per_step", self.prompts_per_step)
+        _positive("rollout.group_size", self.group_size)
+        _positive("rollout.max_new_tokens", self.max_new_tokens)
+        if not self.temperature > 0:
+            raise ValueError("rollout.temperature must be > 0 for training rollouts")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
+        _choice("rollout.truncated", self.truncated, ("keep", "mask_loss", "zero_reward"))
+        _positive("rollout.reward_timeout_s", self.reward_timeout_s)
+
+    @property
+    def num_sequences(self) -> int:
+        return self.prompts_per_step * self.group_size
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    """AdamW learning rate (peak, after warm-up)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    max_grad_norm: float = 1.0
+    """Clip the gradient's global norm to this (0 = off)."""
+    schedule: str = "constant"
+    """Learning-rate schedule after warm-up: constant | linear | cosine (to 0 at the last step)."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear warm-up from 0."""
+    updates_per_rollout: int = 1
+    """Passes over each rollout batch (PPO epochs). 1 = on-policy: ratio is exactly 1."""
+    mini_batches: int = 1
+    """Optimizer steps per pass: the rollout batch is split into this many groups-aligned parts."""
+    micro_batch_size: int = 0
+    """Sequences per forward/backward (a memory setting only; 0 = the whole mini-batch)."""
+
+    def __post_init__(self) -> None:
+        _positive("optim.lr", self.lr)
+        _positive("optim.updates_per_rollout", self.updates_per_rollout)
+        _positive("optim.mini_batches", self.mini_batches)
+        _choice("optim.schedule", self.schedule, ("constant", "linear", "cosine"))
+        if self.micro_batch_size < 0 or self.warmup_steps < 0 or self.max_grad_norm < 0:
+            raise ValueError("optim.micro_batch_size, warmup_steps and max_grad_norm must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 0
+    """Evaluate on the held-out split every N steps (0 = only before and after training)."""
+    num_prompts: int = 1024
+    """Held-out prompts per evaluation."""
+    num_samples: int = 4
+    """Sampled completions per prompt (for accuracy and pass@k)."""
+    ks: tuple[int, ...] = (1, 4)
+    """k values of the unbiased pass@k."""
+    temperature: float = 1.0
+    """Sampling temperature of the evaluation."""
+    greedy: bool = True
+    """Also measure greedy accuracy."""
+
+    def __post_init__(self) -> None:
+        _positive("eval.num_prompts", self.num_prompts)
+        _positive("eval.num_samples", self.num_samples)
+        if any(k < 1 or k > self.num_samples for k in self.ks):
+            raise ValueError(f"eval.ks={self.ks}: each k must be in 1..eval.num_samples")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    objective: ObjectiveSpec = field(default_factory=lambda: resolve_objective("dr_grpo"))
+    """The objective's knobs (a preset plus overrides); see `drgrpo explain formula`."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    steps: int = 100
+    """RL steps (one rollout batch each)."""
+    max_minutes: float = 0.0
+    """Stop training (then evaluate) after this much wall time (0 = no limit)."""
+    seed: int = 0
+    """Seeds prompts order, sampling, and everything else random."""
+    output_dir: str = "runs/latest"
+    """Run folder: config, metrics, samples, checkpoints, plots, summary."""
+    checkpoint_every: int = 50
+    """Save a checkpoint every N steps (and always at the end; 0 = only at the end)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    log_samples_every: int = 10
+    """Write a few sampled completions to samples.jsonl every N steps (0 = never)."""
+    tensorboard: bool = False
+    """Also write TensorBoard logs (needs the tensorboard extra)."""
+    max_nonfinite_steps: int = 3
+    """Stop after this many consecutive optimizer steps skipped for a non-finite loss/gradient."""
+    no_eos_patience: int = 5
+    """Stop when this many consecutive steps end no rollout with EOS (a collapsed, absorbing state)."""
+
+    def __post_init__(self) -> None:
+        _positive("steps", self.steps)
+        self.objective.check_group_size(self.rollout.group_size)
+        if self.objective.baseline == "value":
+            raise ValueError(
+                "objective.baseline=value needs a learned value head, which this trainer does not "
+                "have yet: use a group baseline (e.g. --preset grpo or objective.baseline=group_mean)"
+            )
+        if self.rollout.num_sequences % self.optim.mini_batches:
+            raise ValueError(
+                f"optim.mini_batches={self.optim.mini_batches} must divide the rollout batch of "
+                f"{self.rollout.num_sequences} sequences"
+            )
+        if self.max_minutes < 0 or self.keep_checkpoints < 1:
+            raise ValueError("max_minutes must be >= 0 and keep_checkpoints >= 1")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+SECTIONS = {"model": ModelConfig, "task": TaskConfig, "rollout": RolloutConfig,
+            "optim": OptimConfig, "eval": EvalConfig}  # fmt: skip
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {list(choices)}")
+
+
+# ----------------------------------------------------------------------------- building configs
+
+
+def build_config(
+    file: str | Path | None = None,
+    preset: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> TrainConfig:
+    """Defaults, then a YAML/JSON file, then ``--preset``, then ``section.field=value`` overrides."""
+    raw: dict = {}
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {str(path)!r} must hold a mapping of sections")
+        raw = loaded
+    if preset is not None:
+        raw["preset"] = preset
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like section.field=value")
+        _set_dotted(raw, key.strip().replace("-", "_"), yaml.safe_load(text))
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict) -> TrainConfig:
+    raw = dict(raw)
+    objective = dict(raw.pop("objective", None) or {})
+    preset = raw.pop("preset", None) or objective.get("name") or "dr_grpo"
+    objective.pop("name", None)
+    objective = _coerce_fields(ObjectiveSpec, objective, prefix="objective.")
+    kwargs: dict = {"objective": resolve_objective(preset, **objective)}
+    for name, cls in SECTIONS.items():
+        kwargs[name] = _from_dict(cls, raw.pop(name, None) or {}, name)
+    kwargs.update(_coerce_fields(TrainConfig, raw, prefix=""))
+    return TrainConfig(**kwargs)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """A resolved config saved by ``TrainConfig.save`` (JSON)."""
+    return config_from_dict(json.loads(Path(path).read_text()))
+
+
+def _set_dotted(raw: dict, key: str, value: object) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _from_dict(cls: type, values: dict, section: str) -> object:
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {section!r} must be a mapping, got {values!r}")
+    return cls(**_coerce_fields(cls, values, prefix=section + "."))
+
+
+def _coerce_fields(cls: type, values: dict, prefix: str) -> dict:
+    hints = typing.get_type_hints(cls)
+    valid = {f.name for f in fields(cls)} - set(SECTIONS) - {"objective"}
+    out = {}
+    for key, value in values.items():
+        if key not in valid:
+            raise ValueError(
+                f"unknown config field {prefix}{key!r}; valid fields: {sorted(valid)}"
+            )
+        out[key] = _coerce(hints[key], value, prefix + key)
+    return out
+
+
+def _coerce(hint: object, value: object, name: str) -> object:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{name} must be a list, got {value!r}")
+        inner = args[0]
+        return tuple(_coerce(inner, v, name) for v in value)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, bool, str) and type(value) is hint:
+        return value
+    if hint is dict and isinstance(value, dict):
+        return value
+    expected = getattr(hint, "__name__", str(hint))
+    raise ValueError(f"{name} must be of type {expected}, got {value!r}")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The string under each field of a dataclass (the documentation of that knob)."""
+    tree = ast.parse(inspect.getsource(cls).lstrip())
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe_fields() -> str:
+    """Every field, its default and its documentation, for `drgrpo train --help-config`."""
+    lines = []
+    default = TrainConfig()
+    for section, cls in [("objective", ObjectiveSpec), *SECTIONS.items(), ("", TrainConfig)]:
+        docs = field_docs(cls)
+        obj = getattr(default, section) if section else default
+        lines.append(f"[{section or 'top level'}]")
+        for f in fields(cls):
+            if f.name in SECTIONS or f.name == "objective" or f.name not in docs:
+                continue
+            key = f"{section}.{f.name}" if section else f.name
+            lines.append(f"  {key} = {getattr(obj, f.name)!r}\n      {docs[f.name]}")
+    return "\n".join(lines)

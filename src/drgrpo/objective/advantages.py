@@ -1,0 +1,72 @@
+"""Advantages from outcome rewards: one baseline knob, one scale knob.
+
+    A_i = (r_i - b_i) / s_i
+
+baseline b_i (``baseline``):
+    none           b_i = 0                                  REINFORCE (Williams 1992)
+    group_mean     b_i = mean_{j in g(i)} r_j               GRPO (Shao et al. 2024), DAPO, Dr.GRPO
+    leave_one_out  b_i = mean_{j in g(i), j != i} r_j       RLOO (Ahmadian et al. 2024)
+    value          b_i = V(x_i), given by the caller        PPO (Schulman et al. 2017)
+scale s_i (``scale``):
+    none           s_i = 1                                  Dr.GRPO (Liu et al. 2025), RLOO, REINFORCE
+    group_std      s_i = std_{j in g(i)} r_j + eps          GRPO, DAPO  ("bias A" in the lesson)
+    batch_std      s_i = std_{all j} r_j + eps              PPO-style batch normalisation
+
+Rows are groups laid out contiguously: rollout n belongs to group n // K (N = B * K).
+``std_ddof=0`` is the population std the lesson's table uses ([1,1,1,0] -> +0.58 x3, -1.73);
+``std_ddof=1`` is the sample std of TRL and oat.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BASELINES = ("none", "group_mean", "leave_one_out", "value")
+SCALES = ("none", "group_std", "batch_std")
+
+
+def compute_advantages(
+    rewards: torch.Tensor,  # (N,)
+    group_size: int,
+    *,
+    baseline: str = "group_mean",
+    scale: str = "none",
+    std_ddof: int = 0,
+    eps: float = 1e-6,
+    values: torch.Tensor | None = None,  # (N,) only for baseline="value"
+) -> torch.Tensor:  # (N,)
+    """Return one advantage per rollout; see the module docstring for the formulas."""
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D (N,), got shape {tuple(rewards.shape)}")
+    n = rewards.shape[0]
+    if group_size < 1 or n % group_size != 0:
+        raise ValueError(f"{n} rewards do not split into groups of {group_size}")
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; choose one of {BASELINES}")
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {SCALES}")
+    grouped = rewards.reshape(-1, group_size)  # (B, K)
+
+    if baseline == "none":
+        centred = grouped
+    elif baseline == "group_mean":
+        centred = grouped - grouped.mean(dim=1, keepdim=True)
+    elif baseline == "leave_one_out":
+        if group_size < 2:
+            raise ValueError("leave_one_out needs group_size >= 2 (there is no 'other' rollout)")
+        others = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+        centred = grouped - others
+    else:  # value
+        if values is None or values.shape != rewards.shape:
+            raise ValueError("baseline='value' needs values of the same shape as rewards (N,)")
+        centred = grouped - values.reshape(-1, group_size)
+
+    if scale == "group_std":
+        if group_size - std_ddof < 1:
+            raise ValueError(f"group_std with std_ddof={std_ddof} needs group_size > {std_ddof}")
+        std = grouped.std(dim=1, keepdim=True, correction=std_ddof)
+        centred = centred / (std + eps)
+    elif scale == "batch_std":
+        std = rewards.std(correction=std_ddof) if n - std_ddof >= 1 else rewards.new_zeros(())
+        centred = centred / (std + eps)
+    return centred.reshape(n)
