@@ -81,7 +81,71 @@ def _formula(spec) -> str:
     return render_formula(spec)
 
 
-COMMANDS = {"explain": (_add_explain, _run_explain)}
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="RL-train a policy on a verifiable task (default: the built-in demo run)",
+        description="Fields can be overridden as section.field=value, e.g. "
+        "objective.clip_eps_high=0.28 rollout.group_size=4 optim.lr=1e-4. "
+        "See --help-config for every field.",
+    )
+    p.add_argument("overrides", nargs="*", help="section.field=value")
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--preset", help="reinforce | ppo | grpo | rloo | dapo | dr_grpo")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.add_argument("--help-config", action="store_true", help="print every config field")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from drgrpo.config import build_config, describe_fields
+
+    if args.help_config:
+        print(describe_fields())
+        return 0
+    if args.resume:
+        from pathlib import Path
+
+        saved = Path(args.resume) / "config.json"
+        if not saved.is_file():
+            raise ValueError(f"--resume {args.resume}: no config.json there; is it a run folder?")
+        cfg = build_config(saved, preset=args.preset, overrides=args.overrides)
+        if Path(cfg.output_dir).resolve() != Path(args.resume).resolve():
+            cfg = build_config(saved, preset=args.preset,
+                               overrides=[*args.overrides, f"output_dir={args.resume}"])  # fmt: skip
+    else:
+        cfg = build_config(args.config, preset=args.preset, overrides=args.overrides)
+    from drgrpo.train.loop import TrainingError
+    from drgrpo.train.trainer import train
+
+    try:
+        train(cfg, resume=bool(args.resume), progress=not args.no_progress)
+    except TrainingError as e:
+        print(f"drgrpo train: stopped: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="plot a run's metrics (RUN_DIR/plots/training.png)")
+    p.add_argument("run_dir")
+    p.add_argument("--output", help="image path (default RUN_DIR/plots/training.png)")
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from drgrpo.plot import plot_run
+
+    print(plot_run(args.run_dir, args.output))
+    return 0
+
+
+COMMANDS = {
+    "explain": (_add_explain, _run_explain),
+    "train": (_add_train, _run_train),
+    "plot": (_add_plot, _run_plot),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

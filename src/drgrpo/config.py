@@ -160,6 +160,8 @@ class TrainConfig:
     """Write a few sampled completions to samples.jsonl every N steps (0 = never)."""
     tensorboard: bool = False
     """Also write TensorBoard logs (needs the tensorboard extra)."""
+    monitor_kl: bool = False
+    """Log KL to the reference even when kl_coef = 0 (one extra no-grad forward per step)."""
     max_nonfinite_steps: int = 3
     """Stop after this many consecutive optimizer steps skipped for a non-finite loss/gradient."""
     no_eos_patience: int = 5
@@ -186,6 +188,48 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """The supervised warm start: response-only cross-entropy on the task's solution traces."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    size: str = "tiny"
+    """Built-in model size to train from scratch: tiny | small."""
+    init: str | None = None
+    """Start from this local HF folder instead of a fresh built-in model."""
+    output_dir: str = "runs/sft"
+    """Where the Hugging Face folder (config, safetensors, tokenizer) is written."""
+    seed: int = 0
+    lr: float = 3e-3
+    """AdamW peak learning rate (cosine decay to 10% over max_steps, short warm-up)."""
+    batch_size: int = 64
+    """Solution traces per optimizer step."""
+    max_steps: int = 2000
+    """Upper bound on optimizer steps."""
+    max_minutes: float = 3.0
+    """Wall-time safety limit; the deterministic stop is the accuracy band below."""
+    check_every: int = 50
+    """Measure held-out sampled accuracy every N steps (on check_prompts prompts)."""
+    check_prompts: int = 256
+    """Held-out prompts of each periodic check."""
+    stop_accuracy: float = 0.2
+    """Stop as soon as a periodic check's sampled accuracy reaches this (0 = never: train to
+    max_steps). The built-in default aims for a base policy with partial success, which RL needs."""
+    max_new_tokens: int = 48
+    """Response cap of the evaluations."""
+    eval_prompts: int = 1024
+    """Held-out prompts of the final evaluation."""
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "batch_size", "max_steps", "check_every", "check_prompts", "eval_prompts"):
+            _positive(f"sft.{name}", getattr(self, name))
+        if not 0 <= self.stop_accuracy <= 1:
+            raise ValueError(f"sft.stop_accuracy must be in [0, 1], got {self.stop_accuracy}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 SECTIONS = {"model": ModelConfig, "task": TaskConfig, "rollout": RolloutConfig,

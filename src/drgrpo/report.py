@@ -36,3 +36,36 @@ def print_advantages(out: dict) -> None:
     for name, values in out["advantages"].items():
         table.add_row(name, *[f"{a:+.2f}" for a in values])
     console.print(table)
+
+
+def print_summary(summary: dict, out: Console | None = None) -> None:
+    """Base vs trained policy on the held-out split, side by side."""
+    out = out or console
+    base, final = summary["base"], summary["final"]
+    table = Table(
+        title=f"{summary['preset']}: {summary['steps']} steps in {summary['wall_s']:.0f} s, "
+        f"{final.get('num_prompts')} held-out prompts x {final.get('num_samples')} samples"
+    )
+    table.add_column("metric")
+    table.add_column("base", justify="right")
+    table.add_column("trained", justify="right")
+    table.add_column("change", justify="right")
+    rows = [("sampled accuracy", "accuracy"), ("greedy accuracy", "greedy_accuracy"),
+            ("mean length", "len_mean"), ("length (correct)", "len_correct"),
+            ("length (incorrect)", "len_incorrect"), ("truncated", "truncated_frac")]  # fmt: skip
+    rows += [(f"pass@{k}", ("pass_at_k", k)) for k in final.get("pass_at_k", {})]
+    for label, key in rows:
+        b, f = _get(base, key), _get(final, key)
+        change = f"{f - b:+.3f}" if b is not None and f is not None else "-"
+        table.add_row(label, _num(b), _num(f), change)
+    out.print(table)
+
+
+def _get(result: dict, key):
+    if isinstance(key, tuple):
+        return result.get(key[0], {}).get(key[1])
+    return result.get(key)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -1,0 +1,170 @@
+"""One rollout batch -> optimizer steps: mini-batches, micro-batch accumulation, the normalizer.
+
+The normalizer Z of each optimizer step is computed once from that step's whole mini-batch
+(``normalizer_for``) and passed to every micro-batch, so that micro_batch_size is a memory
+setting only: the accumulated gradient is the same for any split (tests/train/test_step.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from drgrpo.models.logprobs import sequence_logprobs
+from drgrpo.objective import ObjectiveSpec, compute_normalizer, objective_loss
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """Everything the loss needs for N scored rollouts (groups contiguous)."""
+
+    input_ids: torch.Tensor  # (N, P+T) left-padded prompts, right-padded responses
+    attention_mask: torch.Tensor  # (N, P+T) bool
+    response_start: int  # P
+    response_mask: torch.Tensor  # (N, T) bool: tokens that carry loss (EOS included)
+    advantages: torch.Tensor  # (N,)
+    old_logprobs: torch.Tensor | None = None  # (N, T); None: on-policy, ratio exactly 1
+    ref_logprobs: torch.Tensor | None = None  # (N, T); None: no KL term in the loss
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, index: torch.Tensor) -> TrainBatch:
+        """Rows `index`, with columns that are padding in every selected row cut away."""
+        rows = {
+            f.name: getattr(self, f.name)[index]
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        batch = replace(self, **rows)
+        p = batch.response_start
+        prompt_used = batch.attention_mask[:, :p].any(dim=0).nonzero()  # (P',1) used columns
+        response_used = batch.attention_mask[:, p:].any(dim=0).nonzero()  # (T',1)
+        first = int(prompt_used[0]) if len(prompt_used) else p - 1
+        t = int(response_used[-1]) + 1 if len(response_used) else 1
+        return batch._cut(first, t)
+
+    def _cut(self, first: int, t: int) -> TrainBatch:
+        p = self.response_start
+        out = {
+            "input_ids": self.input_ids[:, first : p + t],
+            "attention_mask": self.attention_mask[:, first : p + t],
+            "response_start": p - first,
+        }
+        for name in ("response_mask", "old_logprobs", "ref_logprobs"):
+            value = getattr(self, name)
+            out[name] = None if value is None else value[:, :t]
+        return replace(self, **out)
+
+
+def normalizer_for(spec: ObjectiveSpec, batch: TrainBatch, max_tokens: int) -> float:
+    """Z for one optimizer step, from counts over its whole batch (sums: all-reducible)."""
+    return compute_normalizer(
+        spec.aggregation,
+        num_sequences=len(batch),
+        num_tokens=int(batch.response_mask.sum()),
+        max_tokens=max_tokens,
+        constant_normalizer=spec.constant_normalizer,
+    )
+
+
+def accumulate_gradients(
+    model: torch.nn.Module,
+    batch: TrainBatch,
+    spec: ObjectiveSpec,
+    normalizer: float,
+    *,
+    micro_batch_size: int = 0,
+    temperature: float = 1.0,
+    with_entropy: bool = True,
+) -> dict[str, float]:
+    """Forward/backward every micro-batch of `batch`; gradients add up in `.grad`.
+
+    Returns sums over the batch's response tokens: loss, pg_loss, kl_sum, clipped_tokens,
+    tokens, entropy_sum (add them across calls, divide by tokens for means).
+    """
+    n = len(batch)
+    size = micro_batch_size or n
+    totals: dict[str, float] = {}
+    for start in range(0, n, size):
+        micro = batch.select(torch.arange(start, min(start + size, n)))
+        logprobs, entropy = sequence_logprobs(
+            model,
+            micro.input_ids,
+            micro.attention_mask,
+            micro.response_start,
+            temperature=temperature,
+            with_entropy=with_entropy,
+        )  # (n, T) each
+        old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
+        loss, stats = objective_loss(
+            spec, logprobs, old, micro.advantages, micro.response_mask, normalizer,
+            ref_logprobs=micro.ref_logprobs,
+        )  # fmt: skip
+        loss.backward()
+        stats["loss"] = loss.detach()
+        if entropy is not None:
+            stats["entropy_sum"] = (entropy.detach() * micro.response_mask).sum()
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+    return totals
+
+
+def run_updates(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batch: TrainBatch,
+    spec: ObjectiveSpec,
+    *,
+    updates_per_rollout: int,
+    mini_batches: int,
+    micro_batch_size: int,
+    max_grad_norm: float,
+    max_tokens: int,
+    temperature: float,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """`updates_per_rollout` passes over the batch, `mini_batches` optimizer steps each.
+
+    A step whose loss or gradient is not finite is skipped (no parameter change) and counted in
+    the returned `skipped_steps`; the caller decides when too many is too many.
+    """
+    n = len(batch)
+    totals: dict[str, float] = {}
+    grad_norms, skipped, steps = [], 0, 0
+    for _ in range(updates_per_rollout):
+        order = torch.randperm(n, generator=generator) if mini_batches > 1 else torch.arange(n)
+        for part in order.chunk(mini_batches):
+            mini = batch.select(part.sort().values)
+            optimizer.zero_grad(set_to_none=True)
+            stats = accumulate_gradients(
+                model, mini, spec, normalizer_for(spec, mini, max_tokens),
+                micro_batch_size=micro_batch_size, temperature=temperature,
+            )  # fmt: skip
+            norm = _grad_norm(model, max_grad_norm)
+            steps += 1
+            if not (math.isfinite(stats["loss"]) and math.isfinite(norm)):
+                skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+                continue
+            optimizer.step()
+            scheduler.step()
+            grad_norms.append(norm)
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + value
+    totals["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+    totals["skipped_steps"] = skipped
+    totals["optimizer_steps"] = steps
+    return totals
+
+
+def _grad_norm(model: torch.nn.Module, max_grad_norm: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    if max_grad_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))

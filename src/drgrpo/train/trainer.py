@@ -1,0 +1,117 @@
+"""`drgrpo train`: set up, evaluate the base, run RL steps with checkpoints, evaluate, report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from tqdm.auto import tqdm
+
+from drgrpo.config import TrainConfig
+from drgrpo.objective import render_formula
+from drgrpo.train.checkpoint import save_checkpoint
+from drgrpo.train.loop import TrainingError, eval_metrics, rl_step, run_eval, summarize
+from drgrpo.train.setup import Run, build_run
+
+PROGRESS_KEYS = {"reward/mean": "reward", "reward/accuracy": "acc", "rollout/len_mean": "len"}
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    stop_at_step: int | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run (or continue) the RL run described by `cfg`; returns the summary (also summary.json).
+
+    `stop_at_step` ends the session after that step with a checkpoint, as an interruption would
+    (for resume tests); the run is then continued with `resume=True`.
+    """
+    console = console or Console()
+    start = time.perf_counter()
+    run = build_run(cfg, resume=resume, console=console)
+    cfg.save(run.run_dir / "config.json")
+    console.print(render_formula(cfg.objective))
+    console.print(f"run folder: {run.run_dir}   base policy: {run.base_path}")
+    if run.state["base_eval"] is None:
+        console.print(f"evaluating the base policy on {cfg.eval.num_prompts} held-out prompts ...")
+        run.state["base_eval"] = run_eval(run, 0)
+        run.logger.log(0, eval_metrics(run.state["base_eval"]))
+    last = stop_at_step if stop_at_step is not None else cfg.steps
+    step = run.state["step"]
+    try:
+        step = _train_steps(run, step, min(last, cfg.steps), start, progress)
+    except KeyboardInterrupt:
+        _checkpoint(run, run.state["step"])
+        console.print(f"[yellow]interrupted: checkpoint saved at step {run.state['step']}; "
+                      f"continue with drgrpo train --resume {run.run_dir}")  # fmt: skip
+        raise
+    except TrainingError:
+        run.scorer.close()
+        raise
+    _checkpoint(run, step)
+    if step < cfg.steps and stop_at_step is not None:
+        return {"stopped_at": step}
+    final = run_eval(run, step)
+    run.logger.log(step, eval_metrics(final))
+    summary = summarize(run, final, time.perf_counter() - start, step)
+    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _finish(run, summary)
+    return summary
+
+
+def _train_steps(run: Run, step: int, last: int, start: float, progress: bool) -> int:
+    cfg = run.config
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"{cfg.objective.name}", disable=not progress,
+               dynamic_ncols=True)  # fmt: skip
+    try:
+        while step < last:
+            if cfg.max_minutes and time.perf_counter() - start > 60 * cfg.max_minutes:
+                run.console.print(f"[yellow]max_minutes={cfg.max_minutes} reached at step {step}")
+                break
+            metrics = rl_step(run, step + 1)
+            step += 1
+            run.state["step"] = step
+            if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.steps:
+                metrics.update(eval_metrics(run_eval(run, step)))
+            run.logger.log(step, metrics)
+            bar.set_postfix({short: _fmt(metrics.get(key)) for key, short in PROGRESS_KEYS.items()})
+            bar.update(1)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < last:
+                _checkpoint(run, step)
+    finally:
+        bar.close()
+    return step
+
+
+def _checkpoint(run: Run, step: int) -> Path:
+    state = {k: v for k, v in run.state.items() if k != "step"}
+    state["scheduler"] = run.scheduler.state_dict()
+    return save_checkpoint(
+        run.run_dir, step, model=run.policy, tokenizer=run.tokenizer, optimizer=run.optimizer,
+        state=state, config=run.config.to_dict(), generator=run.generator,
+        keep=run.config.keep_checkpoints,
+    )  # fmt: skip
+
+
+def _finish(run: Run, summary: dict) -> None:
+    from drgrpo.report import print_summary
+
+    run.logger.close()
+    run.scorer.close()
+    print_summary(summary, run.console)
+    try:
+        from drgrpo.plot import plot_run
+
+        path = plot_run(run.run_dir)
+        run.console.print(f"plots: {path}")
+    except ImportError:
+        run.console.print("plots skipped: pip install 'drgrpo[plot]' for matplotlib")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
