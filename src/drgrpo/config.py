@@ -150,7 +150,7 @@ class TrainConfig:
     """Stop training (then evaluate) after this much wall time (0 = no limit)."""
     seed: int = 0
     """Seeds prompts order, sampling, and everything else random."""
-    output_dir: str = "runs/latest"
+    output_dir: str = "runs/demo"
     """Run folder: config, metrics, samples, checkpoints, plots, summary."""
     checkpoint_every: int = 50
     """Save a checkpoint every N steps (and always at the end; 0 = only at the end)."""
@@ -255,23 +255,44 @@ def build_config(
     overrides: list[str] | tuple[str, ...] = (),
 ) -> TrainConfig:
     """Defaults, then a YAML/JSON file, then ``--preset``, then ``section.field=value`` overrides."""
-    raw: dict = {}
-    if file is not None:
-        path = Path(file)
-        if not path.is_file():
-            raise ValueError(f"config file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {str(path)!r} must hold a mapping of sections")
-        raw = loaded
+    raw = _read_mapping(file)
     if preset is not None:
         raw["preset"] = preset
+    _apply_overrides(raw, overrides)
+    return config_from_dict(raw)
+
+
+def build_sft_config(
+    file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> SFTConfig:
+    """Defaults, then a YAML/JSON file of SFTConfig fields (``task: {name, options}`` nested),
+    then ``field=value`` overrides such as ``lr=1e-3`` or ``task.options={k_max: 4}``."""
+    raw = _read_mapping(file)
+    _apply_overrides(raw, overrides)
+    task = raw.pop("task", None) or {}
+    return SFTConfig(
+        task=_from_dict(TaskConfig, task, "task"), **_coerce_fields(SFTConfig, raw, prefix="")
+    )
+
+
+def _read_mapping(file: str | Path | None) -> dict:
+    if file is None:
+        return {}
+    path = Path(file)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of sections")
+    return loaded
+
+
+def _apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> None:
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r} must look like section.field=value")
         _set_dotted(raw, key.strip().replace("-", "_"), yaml.safe_load(text))
-    return config_from_dict(raw)
 
 
 def config_from_dict(raw: dict) -> TrainConfig:
@@ -333,6 +354,11 @@ def _coerce(hint: object, value: object, name: str) -> object:
             raise ValueError(f"{name} must be a list, got {value!r}")
         inner = args[0]
         return tuple(_coerce(inner, v, name) for v in value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if hint in (int, bool, str) and type(value) is hint:

@@ -179,7 +179,7 @@ def run_eval(run: Run, step: int) -> dict:
     examples = run.task.heldout(cfg.eval.num_prompts)
     with run.autocast():
         result = evaluate(
-            run.engine, run.tokenizer, examples, run.task.verify,
+            run.engine, run.tokenizer, examples, run.scorer.verify_one,
             num_samples=cfg.eval.num_samples, ks=cfg.eval.ks,
             max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
             greedy=cfg.eval.greedy, seed=cfg.seed + 1_000_003 * (step + 1),

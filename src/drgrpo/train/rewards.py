@@ -35,6 +35,10 @@ class RewardScorer:
             rewards.append(self._score_one(completion, reference, faults))
         return rewards, faults
 
+    def verify_one(self, completion: str, reference: str) -> float:
+        """A drop-in `verify` with the same protection (for evaluation)."""
+        return self._score_one(completion, reference, RewardFaults())
+
     def _score_one(self, completion: str, reference: str, faults: RewardFaults) -> float:
         future = self._pool.submit(self.verify, completion, reference)
         try:
