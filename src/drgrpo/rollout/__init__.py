@@ -1,0 +1,6 @@
+"""Prompts in, sampled responses out: token ids, masks, sampler log-probs, finish reasons."""
+
+from drgrpo.rollout.engine import RolloutEngine, Rollouts, left_pad, pack_rollouts
+from drgrpo.rollout.hf import HFRolloutEngine
+
+__all__ = ["HFRolloutEngine", "RolloutEngine", "Rollouts", "left_pad", "pack_rollouts"]
