@@ -46,16 +46,20 @@ def compute_advantages(
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {SCALES}")
     grouped = rewards.reshape(-1, group_size)  # (B, K)
+    # Group statistics are taken on rewards shifted by each group's first reward: exact in real
+    # arithmetic, and a group of equal rewards (say all 0.7) then gives exactly 0, where the
+    # rounding error of a plain float32 mean, divided by std + eps, would give |A| ~ 0.05.
+    shifted = grouped - grouped[:, :1]  # (B, K)
 
     if baseline == "none":
         centred = grouped
     elif baseline == "group_mean":
-        centred = grouped - grouped.mean(dim=1, keepdim=True)
+        centred = shifted - shifted.mean(dim=1, keepdim=True)
     elif baseline == "leave_one_out":
         if group_size < 2:
             raise ValueError("leave_one_out needs group_size >= 2 (there is no 'other' rollout)")
-        others = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
-        centred = grouped - others
+        others = (shifted.sum(dim=1, keepdim=True) - shifted) / (group_size - 1)
+        centred = shifted - others
     else:  # value
         if values is None or values.shape != rewards.shape:
             raise ValueError("baseline='value' needs values of the same shape as rewards (N,)")
@@ -64,9 +68,10 @@ def compute_advantages(
     if scale == "group_std":
         if group_size - std_ddof < 1:
             raise ValueError(f"group_std with std_ddof={std_ddof} needs group_size > {std_ddof}")
-        std = grouped.std(dim=1, keepdim=True, correction=std_ddof)
+        std = shifted.std(dim=1, keepdim=True, correction=std_ddof)
         centred = centred / (std + eps)
     elif scale == "batch_std":
-        std = rewards.std(correction=std_ddof) if n - std_ddof >= 1 else rewards.new_zeros(())
+        shifted_all = rewards - rewards[0]
+        std = shifted_all.std(correction=std_ddof) if n - std_ddof >= 1 else rewards.new_zeros(())
         centred = centred / (std + eps)
     return centred.reshape(n)

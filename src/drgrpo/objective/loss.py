@@ -27,6 +27,13 @@ def objective_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Return (loss, stats). Stats are detached sums over this batch's response tokens, so that
     they add up across micro-batches: pg_loss, kl_loss, kl_sum, clipped_tokens, tokens."""
+    # Padding may hold any value (even -inf); where the mask is off, the old and reference
+    # log-probs are replaced by the current ones (ratio 1, KL 0) so that no inf * 0 = NaN
+    # reaches the loss or its gradient.
+    valid = response_mask.bool()
+    old_logprobs = torch.where(valid, old_logprobs, logprobs.detach())
+    if ref_logprobs is not None:
+        ref_logprobs = torch.where(valid, ref_logprobs, logprobs.detach())
     pg_tok, clipped = policy_loss_per_token(
         logprobs,
         old_logprobs,

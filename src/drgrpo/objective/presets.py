@@ -97,6 +97,11 @@ class ObjectiveSpec:
 
     def check_group_size(self, group_size: int) -> None:
         """Combinations that only fail once K is known; called when a trainer config is made."""
+        if self.baseline == "group_mean" and group_size < 2:
+            raise ValueError(
+                "baseline=group_mean needs group_size >= 2 (with one rollout per prompt every "
+                "advantage is 0): raise the group size or use baseline=none"
+            )
         if self.baseline == "leave_one_out" and group_size < 2:
             raise ValueError(
                 f"baseline=leave_one_out needs group_size >= 2, got {group_size}: raise the group "
