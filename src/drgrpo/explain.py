@@ -43,7 +43,12 @@ def length_gradients(
         # Every token of one rollout gets the same gradient; read it at the first token.
         per_token[name] = [abs(float(grad[i, 0])) for i in range(k)]
         per_rollout[name] = [abs(float(grad[i].sum())) for i in range(k)]
-    return {"per_token_grad": per_token, "per_rollout_grad": per_rollout}
+    longest, shortest = lengths.index(max(lengths)), lengths.index(min(lengths))
+    # With A < 0 this is the lesson's length bias in one number: how hard each token of the
+    # longest (wrong) rollout is pushed down relative to a token of the shortest one.
+    ratio = {name: per_token[name][longest] / per_token[name][shortest] for name in presets}
+    return {"per_token_grad": per_token, "per_rollout_grad": per_rollout,
+            "long_to_short_per_token_ratio": ratio}  # fmt: skip
 
 
 def group_advantages(rewards: list[float], presets: tuple[str, ...] = ADVANTAGE_PRESETS) -> dict:

@@ -26,6 +26,11 @@ def print_length_gradients(out: dict) -> None:
         row += [f"{out['per_rollout_grad'][p][i]:.4g}" for p in presets]
         table.add_row(*row)
     console.print(table)
+    ratios = out.get("long_to_short_per_token_ratio", {})
+    if ratios:
+        what = "penalty" if out["advantage"] < 0 else "reinforcement"
+        console.print(f"per-token {what}, longest / shortest rollout: "
+                      + ", ".join(f"{p} {r:.3g}x" for p, r in ratios.items()))  # fmt: skip
 
 
 def print_advantages(out: dict) -> None:

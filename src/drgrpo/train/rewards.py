@@ -1,17 +1,28 @@
 """Scoring completions with a task's verifier, so that a faulty verifier never stops a run.
 
-A verifier that raises scores 0; one that exceeds the time limit scores 0 too, and its worker
-thread is abandoned (Python cannot kill a thread) while a fresh one takes over. Both are counted
+A verifier that raises scores 0; one that exceeds the time limit scores 0 too. Both are counted
 and the completion is kept for the log, so a broken reward function is visible, not silent.
+
+The time limit is a SIGALRM timer when scoring runs in the main thread (the normal case): the
+verifier runs in place, so verifiers that set their own alarm-based deadlines (math-verify) keep
+working. Elsewhere (a worker thread, or a platform without setitimer) the call runs in a helper
+thread that is abandoned on time-out, since Python cannot kill a thread.
 """
 
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+
+
+class RewardTimeout(BaseException):
+    """Raised inside a verifier when its time is up. A BaseException, so that a verifier's own
+    `except Exception` (the usual never-raise guard) cannot swallow it."""
 
 
 @dataclass
@@ -26,13 +37,14 @@ class RewardScorer:
     def __init__(self, verify: Callable[[str, str], float], timeout_s: float) -> None:
         self.verify = verify
         self.timeout_s = timeout_s
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drgrpo-reward")
+        self._pool: ThreadPoolExecutor | None = None
 
     def score(self, completions: list[str], references: list[str]) -> tuple[list[float], RewardFaults]:
         faults = RewardFaults()
-        rewards = []
-        for completion, reference in zip(completions, references, strict=True):
-            rewards.append(self._score_one(completion, reference, faults))
+        rewards = [
+            self._score_one(completion, reference, faults)
+            for completion, reference in zip(completions, references, strict=True)
+        ]
         return rewards, faults
 
     def verify_one(self, completion: str, reference: str) -> float:
@@ -40,15 +52,11 @@ class RewardScorer:
         return self._score_one(completion, reference, RewardFaults())
 
     def _score_one(self, completion: str, reference: str, faults: RewardFaults) -> float:
-        future = self._pool.submit(self.verify, completion, reference)
         try:
-            value = float(future.result(timeout=self.timeout_s))
-        except FutureTimeout:
+            value = float(self._call(completion, reference))
+        except RewardTimeout:
             faults.timeouts += 1
             self._note(faults, completion, reference, f"timed out after {self.timeout_s:g} s")
-            # The stuck thread keeps running; later calls go to a new worker.
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drgrpo-reward")
             return 0.0
         except Exception as e:  # noqa: BLE001 - any verifier bug scores 0 and is reported
             faults.errors += 1
@@ -60,10 +68,40 @@ class RewardScorer:
             return 0.0
         return value
 
+    def _call(self, completion: str, reference: str) -> float:
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+            return self._call_with_alarm(completion, reference)
+        return self._call_in_thread(completion, reference)
+
+    def _call_with_alarm(self, completion: str, reference: str) -> float:
+        def expire(signum, frame):
+            raise RewardTimeout
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
+        try:
+            return self.verify(completion, reference)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    def _call_in_thread(self, completion: str, reference: str) -> float:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drgrpo-reward")
+        future = self._pool.submit(self.verify, completion, reference)
+        try:
+            return future.result(timeout=self.timeout_s)
+        except FutureTimeout:
+            # The stuck thread keeps running; later calls go to a new worker.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+            raise RewardTimeout from None
+
     @staticmethod
     def _note(faults: RewardFaults, completion: str, reference: str, what: str) -> None:
         if len(faults.examples) < 8:
             faults.examples.append({"completion": completion, "reference": reference, "fault": what})
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
