@@ -223,7 +223,14 @@ class SFTConfig:
     """Held-out prompts of the final evaluation."""
 
     def __post_init__(self) -> None:
-        for name in ("lr", "batch_size", "max_steps", "check_every", "check_prompts", "eval_prompts"):
+        for name in (
+            "lr",
+            "batch_size",
+            "max_steps",
+            "check_every",
+            "check_prompts",
+            "eval_prompts",
+        ):
             _positive(f"sft.{name}", getattr(self, name))
         if not 0 <= self.stop_accuracy <= 1:
             raise ValueError(f"sft.stop_accuracy must be in [0, 1], got {self.stop_accuracy}")
@@ -335,9 +342,7 @@ def _coerce_fields(cls: type, values: dict, prefix: str) -> dict:
     out = {}
     for key, value in values.items():
         if key not in valid:
-            raise ValueError(
-                f"unknown config field {prefix}{key!r}; valid fields: {sorted(valid)}"
-            )
+            raise ValueError(f"unknown config field {prefix}{key!r}; valid fields: {sorted(valid)}")
         out[key] = _coerce(hints[key], value, prefix + key)
     return out
 

@@ -47,7 +47,10 @@ def test_faults_score_zero_and_are_counted(in_thread):
     assert rewards == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     assert faults.errors == 2 and faults.timeouts == 2
     assert time.perf_counter() - start < 3  # two time-outs of 0.2 s, not 10 s sleeps
-    assert {f["fault"].split(":")[0] for f in faults.examples} >= {"KeyError", "non-finite reward nan"}
+    assert {f["fault"].split(":")[0] for f in faults.examples} >= {
+        "KeyError",
+        "non-finite reward nan",
+    }
     scorer.close()
 
 

@@ -48,7 +48,9 @@ def test_resume_gives_identical_metrics_and_weights(small_run, dense_reward):
         assert torch.equal(wa[key], wb[key]), key
 
 
-def test_training_changes_the_policy_and_writes_the_run_folder(small_run, tiny_policy_dir, dense_reward):
+def test_training_changes_the_policy_and_writes_the_run_folder(
+    small_run, tiny_policy_dir, dense_reward
+):
     cfg = small_run()
     summary = train(cfg, **QUIET)
     run = cfg.output_dir
@@ -101,11 +103,15 @@ def test_reward_function_that_raises_or_hangs_scores_zero(small_run, monkeypatch
     rows = [r for r in read_metrics(cfg.output_dir) if "reward/errors" in r]
     assert rows[0]["reward/errors"] == 2 and rows[0]["reward/timeouts"] == 2
     assert rows[0]["reward/mean"] == pytest.approx(2 / 6)
-    faults = [json.loads(x) for x in open(f"{cfg.output_dir}/reward_faults.jsonl")]
+    faults = [
+        json.loads(x) for x in Path(cfg.output_dir, "reward_faults.jsonl").read_text().splitlines()
+    ]
     assert {f["fault"].split(":")[0] for f in faults} >= {"RuntimeError"}
 
 
-def test_nan_loss_skips_steps_then_stops_with_last_checkpoint_intact(small_run, monkeypatch, dense_reward):
+def test_nan_loss_skips_steps_then_stops_with_last_checkpoint_intact(
+    small_run, monkeypatch, dense_reward
+):
     cfg = small_run("steps=6", "checkpoint_every=1", "max_nonfinite_steps=2")
     real = step.objective_loss
     state = {"calls": 0}

@@ -57,7 +57,9 @@ def render_formula(spec: ObjectiveSpec) -> str:
         k = {"k1": "-d", "k2": "d^2/2", "k3": "exp(d) - d - 1"}[spec.kl_estimator]
         total += f"  +  {spec.kl_coef:g} * {agg} m_it * KL_it"
         lines.append(total)
-        lines.append(f"  KL          KL_it  = {k},  d = logp_ref(y_it) - logp_theta(y_it)  ({spec.kl_estimator})")
+        lines.append(
+            f"  KL          KL_it  = {k},  d = logp_ref(y_it) - logp_theta(y_it)  ({spec.kl_estimator})"
+        )
     else:
         lines.append(total)
     lines.append(f"  where m_it = 1 on response tokens (EOS included), {z}")

@@ -83,7 +83,9 @@ class ObjectiveSpec:
             if self.clip_eps_low is None:
                 raise ValueError("objective.dual_clip_c needs the PPO clip (set clip_eps_*)")
             if not self.dual_clip_c > 1:
-                raise ValueError(f"objective.dual_clip_c must be > 1 (e.g. 3), got {self.dual_clip_c}")
+                raise ValueError(
+                    f"objective.dual_clip_c must be > 1 (e.g. 3), got {self.dual_clip_c}"
+                )
         if not self.kl_coef >= 0:
             raise ValueError(f"objective.kl_coef must be >= 0, got {self.kl_coef}")
 

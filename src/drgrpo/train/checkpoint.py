@@ -83,7 +83,9 @@ def check_compatible(ckpt: Path, config: dict) -> None:
         if saved.get(key) != config.get(key)
     ]
     if diffs:
-        raise CheckpointError(f"checkpoint {ckpt} belongs to a different run:\n  " + "\n  ".join(diffs))
+        raise CheckpointError(
+            f"checkpoint {ckpt} belongs to a different run:\n  " + "\n  ".join(diffs)
+        )
     return model_cfg
 
 
@@ -96,7 +98,9 @@ def check_model_matches(ckpt: Path, model) -> None:
         if model_cfg.get(key) != ours.get(key)
     ]
     if diffs:
-        raise CheckpointError(f"checkpoint {ckpt} is for a different model:\n  " + "\n  ".join(diffs))
+        raise CheckpointError(
+            f"checkpoint {ckpt} is for a different model:\n  " + "\n  ".join(diffs)
+        )
 
 
 def load_training_state(ckpt: Path, *, optimizer, generator: torch.Generator) -> dict:
@@ -106,7 +110,9 @@ def load_training_state(ckpt: Path, *, optimizer, generator: torch.Generator) ->
         rng = torch.load(ckpt / "rng.pt", weights_only=True)
         state = json.loads((ckpt / "state.json").read_text())
     except Exception as e:  # noqa: BLE001 - any unreadable part makes the checkpoint unusable
-        raise CheckpointError(f"checkpoint {ckpt} is corrupt or incomplete ({type(e).__name__}: {e})") from e
+        raise CheckpointError(
+            f"checkpoint {ckpt} is corrupt or incomplete ({type(e).__name__}: {e})"
+        ) from e
     torch.set_rng_state(rng["torch"])
     generator.set_state(rng["sampler"])
     random.setstate(_py_rng_from_json(state.pop("python_rng")))

@@ -23,7 +23,9 @@ class RunLogger:
                 raise ValueError(
                     "tensorboard=true needs TensorBoard: pip install 'drgrpo[tensorboard]'"
                 ) from e
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step or None)
+            self._tb = SummaryWriter(
+                str(self.run_dir / "tensorboard"), purge_step=resume_step or None
+            )
 
     def log(self, step: int, metrics: dict) -> None:
         clean = {k: _jsonable(v) for k, v in metrics.items()}
@@ -61,5 +63,7 @@ def _truncate_after(path: Path, step: int) -> None:
     """On resume, forget steps logged after the checkpoint (they will be redone)."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    keep = [
+        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
+    ]
     path.write_text("".join(line + "\n" for line in keep))

@@ -1,13 +1,13 @@
 """The RL loop, top to bottom. One step:
 
-    1. draw B prompts, repeat each K times (a group: rows b*K .. b*K+K-1)
-    2. sample one response per row with the current policy (KV-cached, `drgrpo.rollout`)
-    3. score every response with the task's verifier (`RewardScorer`: faults score 0)
-    4. reference log-probs if the KL term needs them; KL-in-reward placement adjusts rewards
-    5. advantages from the objective's baseline and scale knobs
-    6. old log-probs only when updates_per_rollout > 1 (with one update the ratio is exactly 1)
-    7. updates_per_rollout passes x mini_batches optimizer steps, each with its own normalizer Z
-       computed once from its whole mini-batch and accumulated over micro-batches (`step.py`)
+1. draw B prompts, repeat each K times (a group: rows b*K .. b*K+K-1)
+2. sample one response per row with the current policy (KV-cached, `drgrpo.rollout`)
+3. score every response with the task's verifier (`RewardScorer`: faults score 0)
+4. reference log-probs if the KL term needs them; KL-in-reward placement adjusts rewards
+5. advantages from the objective's baseline and scale knobs
+6. old log-probs only when updates_per_rollout > 1 (with one update the ratio is exactly 1)
+7. updates_per_rollout passes x mini_batches optimizer steps, each with its own normalizer Z
+   computed once from its whole mini-batch and accumulated over micro-batches (`step.py`)
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ class TrainingError(RuntimeError):
 def rl_step(run: Run, step: int) -> dict:
     cfg, spec = run.config, run.config.objective
     t0 = time.perf_counter()
-    examples = [run.task.train_example(run.state["data_pos"] + i) for i in range(cfg.rollout.prompts_per_step)]
+    examples = [
+        run.task.train_example(run.state["data_pos"] + i)
+        for i in range(cfg.rollout.prompts_per_step)
+    ]
     run.state["data_pos"] += len(examples)
     k = cfg.rollout.group_size
     prompts = [run.encode_prompt(ex.prompt) for ex in examples for _ in range(k)]
@@ -72,7 +75,12 @@ def rl_step(run: Run, step: int) -> dict:
             kl_coef=spec.kl_coef, estimator=spec.kl_estimator,
         )  # fmt: skip
     advantages = compute_advantages(
-        scored, k, baseline=spec.baseline, scale=spec.scale, std_ddof=spec.std_ddof, eps=spec.adv_eps
+        scored,
+        k,
+        baseline=spec.baseline,
+        scale=spec.scale,
+        std_ddof=spec.std_ddof,
+        eps=spec.adv_eps,
     )  # (N,)
     old_logprobs = None
     if cfg.optim.updates_per_rollout > 1:
@@ -123,7 +131,9 @@ def _step_metrics(rewards, k, rollouts, truncated, totals, faults) -> dict:
         "reward/mean": float(rewards.mean()),
         "reward/std": float(rewards.std(correction=0)),
         "reward/accuracy": float(correct.float().mean()),
-        "reward/frac_zero_std_groups": float((grouped.std(dim=1, correction=0) == 0).float().mean()),
+        "reward/frac_zero_std_groups": float(
+            (grouped.std(dim=1, correction=0) == 0).float().mean()
+        ),
         "reward/errors": faults.errors,
         "reward/timeouts": faults.timeouts,
         "rollout/len_mean": float(lengths.mean()),
@@ -165,7 +175,9 @@ def _check_health(run: Run, metrics: dict, truncated: torch.Tensor) -> None:
     skipped = metrics["optim/skipped_steps"]
     state["nonfinite_streak"] = state["nonfinite_streak"] + skipped if skipped else 0
     if skipped:
-        run.console.print(f"[yellow]skipped {skipped} optimizer step(s): non-finite loss or gradient")
+        run.console.print(
+            f"[yellow]skipped {skipped} optimizer step(s): non-finite loss or gradient"
+        )
     if state["nonfinite_streak"] >= cfg.max_nonfinite_steps:
         raise TrainingError(
             f"{state['nonfinite_streak']} consecutive optimizer steps had a non-finite loss or "

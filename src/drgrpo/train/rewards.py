@@ -39,7 +39,9 @@ class RewardScorer:
         self.timeout_s = timeout_s
         self._pool: ThreadPoolExecutor | None = None
 
-    def score(self, completions: list[str], references: list[str]) -> tuple[list[float], RewardFaults]:
+    def score(
+        self, completions: list[str], references: list[str]
+    ) -> tuple[list[float], RewardFaults]:
         faults = RewardFaults()
         rewards = [
             self._score_one(completion, reference, faults)
@@ -100,7 +102,9 @@ class RewardScorer:
     @staticmethod
     def _note(faults: RewardFaults, completion: str, reference: str, what: str) -> None:
         if len(faults.examples) < 8:
-            faults.examples.append({"completion": completion, "reference": reference, "fault": what})
+            faults.examples.append(
+                {"completion": completion, "reference": reference, "fault": what}
+            )
 
     def close(self) -> None:
         if self._pool is not None:

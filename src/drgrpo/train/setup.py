@@ -47,10 +47,17 @@ class Run:
     state: dict = field(default_factory=dict)
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        return [self.tokenizer.bos_token_id] + self.tokenizer.encode(prompt, add_special_tokens=False)
+        return [self.tokenizer.bos_token_id] + self.tokenizer.encode(
+            prompt, add_special_tokens=False
+        )
 
     def decode_responses(self, rollouts: Rollouts) -> list[str]:
-        rows = [ids[mask].tolist() for ids, mask in zip(rollouts.response_ids.cpu(), rollouts.response_mask.cpu(), strict=True)]
+        rows = [
+            ids[mask].tolist()
+            for ids, mask in zip(
+                rollouts.response_ids.cpu(), rollouts.response_mask.cpu(), strict=True
+            )
+        ]
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
 
@@ -100,7 +107,9 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         foreach=device.type == "cuda" or None,
     )  # fmt: skip
     total = cfg.steps * opt.updates_per_rollout * opt.mini_batches
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, opt.warmup_steps, opt.schedule))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total, opt.warmup_steps, opt.schedule)
+    )
     generator = torch.Generator().manual_seed(cfg.seed)
     state = {"step": 0, "data_pos": 0, "base_eval": None, "no_eos_streak": 0, "nonfinite_streak": 0}
     if ckpt is not None:
@@ -138,4 +147,6 @@ def _load_weights(model: torch.nn.Module, folder: Path) -> None:
     if missing or unexpected:
         from drgrpo.train.checkpoint import CheckpointError
 
-        raise CheckpointError(f"{folder}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"{folder}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )

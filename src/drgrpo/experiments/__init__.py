@@ -1,0 +1,1 @@
+"""Experiments built from ordinary training runs: `drgrpo experiment lineage`."""
