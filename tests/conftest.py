@@ -50,3 +50,10 @@ def use_dense_reward(monkeypatch) -> None:
 @pytest.fixture
 def dense_reward(monkeypatch):
     use_dense_reward(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def dense_reward_module():
+    with pytest.MonkeyPatch.context() as mp:
+        use_dense_reward(mp)
+        yield

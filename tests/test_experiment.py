@@ -7,21 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import use_dense_reward
 from drgrpo.cli import main
 from drgrpo.experiments.report import final_values
 
 
 @pytest.fixture(scope="module")
-def lineage_report(tiny_policy_dir, tmp_path_factory):
+def lineage_report(tiny_policy_dir, tmp_path_factory, dense_reward_module):
     out = tmp_path_factory.mktemp("lineage")
-    with pytest.MonkeyPatch.context() as mp:
-        use_dense_reward(mp)
-        rc = main(["experiment", "lineage", "--quick", "--presets", "grpo,dr_grpo", "--seeds", "1",
-                   "--steps", "2", "--no-control", "--output", str(out), f"model.base={tiny_policy_dir}",
-                   "rollout.prompts_per_step=2", "rollout.group_size=3", "rollout.max_new_tokens=8",
-                   "eval.num_prompts=2", "eval.num_samples=1", "eval.ks=[1]", "optim.lr=1e-2"])  # fmt: skip
-        assert rc == 0
+    rc = main(["experiment", "lineage", "--quick", "--presets", "grpo,dr_grpo", "--seeds", "1",
+               "--steps", "2", "--no-control", "--output", str(out), f"model.base={tiny_policy_dir}",
+               "rollout.prompts_per_step=2", "rollout.group_size=3", "rollout.max_new_tokens=8",
+               "eval.num_prompts=2", "eval.num_samples=1", "eval.ks=[1]", "optim.lr=1e-2"])  # fmt: skip
+    assert rc == 0
     return out
 
 

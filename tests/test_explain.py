@@ -52,7 +52,15 @@ def test_long_correct_rollouts_get_ten_times_the_gradient_under_dr_grpo_only():
 
 
 def test_default_presets_and_keys():
-    assert set(LESSON) == {"per_token_grad", "per_rollout_grad"}
+    assert set(LESSON) == {"per_token_grad", "per_rollout_grad", "long_to_short_per_token_ratio"}
+
+
+def test_long_to_short_ratio_shows_the_length_bias():
+    # 10 and 100 tokens, A = -0.5 (both wrong): GRPO pushes each token of the long one 10x less.
+    ratio = length_gradients([10, 100], -0.5)["long_to_short_per_token_ratio"]
+    assert math.isclose(ratio["grpo"], 0.1, rel_tol=1e-12)
+    assert math.isclose(ratio["dr_grpo"], 1.0, rel_tol=1e-12)
+    assert math.isclose(ratio["dapo"], 1.0, rel_tol=1e-12)
     assert tuple(LESSON["per_token_grad"]) == LENGTH_PRESETS == ("grpo", "dapo", "dr_grpo")
 
 

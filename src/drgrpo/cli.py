@@ -7,13 +7,16 @@ import json
 import sys
 
 from drgrpo import __version__
+from drgrpo.experiments import command as experiment_command
 
 
 def _floats(text: str) -> list[float]:
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of numbers"
+        ) from None
     if not values:
         raise argparse.ArgumentTypeError("the list is empty: give e.g. 1,1,1,0")
     return values
@@ -23,7 +26,9 @@ def _ints(text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from None
     if not values:
         raise argparse.ArgumentTypeError("the list is empty: give e.g. 10,100")
     if any(v < 1 for v in values):
@@ -141,10 +146,124 @@ def _run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sft(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sft",
+        help="supervised warm start of the built-in model on a task's solution traces",
+        description="Fields can be overridden as field=value, e.g. lr=1e-3 batch_size=32 "
+        "'task.options={k_max: 4}'. The defaults stop at a base policy with partial success.",
+    )
+    p.add_argument("overrides", nargs="*", help="field=value")
+    p.add_argument("--config", help="YAML file of SFT fields")
+    p.add_argument("--task", help="arithmetic | countdown | math")
+    p.add_argument("--output", help="folder of the trained model (output_dir)")
+    p.add_argument("--size", choices=("tiny", "small"), help="built-in model size")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--help-config", action="store_true", help="print every SFT config field")
+
+
+def _run_sft(args: argparse.Namespace) -> int:
+    from drgrpo.config import SFTConfig, build_sft_config, field_docs
+
+    if args.help_config:
+        defaults = SFTConfig().to_dict()
+        for name, doc in field_docs(SFTConfig).items():
+            print(f"  {name} = {defaults[name]!r}\n      {doc}")
+        return 0
+    flags = {
+        "task.name": args.task,
+        "output_dir": args.output,
+        "size": args.size,
+        "seed": args.seed,
+    }
+    # JSON is YAML: a quoted value stays a string (an --output of "123" is not an int).
+    overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    cfg = build_sft_config(args.config, [*overrides, *args.overrides])
+    from drgrpo.sft import run_sft
+
+    try:
+        run_sft(cfg, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a local model folder on a task's held-out split")
+    p.add_argument("model_dir", help="local Hugging Face model folder (e.g. from drgrpo sft)")
+    p.add_argument("--task", default="arithmetic", help="arithmetic | countdown | math")
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="task knob, repeatable, e.g. --task-option k_max=4")  # fmt: skip
+    p.add_argument("--num-prompts", type=int, default=1024, help="held-out prompts")
+    p.add_argument("--num-samples", type=int, default=4, help="sampled completions per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="response cap")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import yaml
+
+    from drgrpo.config import EvalConfig
+    from drgrpo.evaluate import evaluate, format_eval_table
+    from drgrpo.tasks import make_task
+
+    options = {}
+    for item in args.task_option:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--task-option {item!r} must look like key=value")
+        options[key.strip()] = yaml.safe_load(text)
+    task = make_task(args.task, **options)
+    ks = tuple(sorted({1, 4, args.num_samples} & set(range(1, args.num_samples + 1))))
+    # EvalConfig validates the numbers (positive counts, each k within num_samples).
+    spec = EvalConfig(num_prompts=args.num_prompts, num_samples=args.num_samples, ks=ks,
+                      temperature=args.temperature)  # fmt: skip
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    model, tokenizer = _load_eval_policy(args.model_dir, args.device)
+    from drgrpo.rollout import HFRolloutEngine
+
+    engine = HFRolloutEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    result = evaluate(
+        engine, tokenizer, task.heldout(spec.num_prompts), task.verify,
+        num_samples=spec.num_samples, ks=spec.ks, max_new_tokens=args.max_new_tokens,
+        temperature=spec.temperature, greedy=True, seed=args.seed,
+    )  # fmt: skip
+    if args.json:
+        header = {"model": args.model_dir, "task": args.task, "task_options": options,
+                  "max_new_tokens": args.max_new_tokens, "temperature": spec.temperature,
+                  "seed": args.seed}  # fmt: skip
+        print(json.dumps({**header, **result}))
+    else:
+        from rich.console import Console
+
+        Console().print(format_eval_table(result))
+    return 0
+
+
+def _load_eval_policy(model_dir: str, device: str):
+    from drgrpo.models import load_policy
+
+    try:
+        model, tokenizer = load_policy(model_dir, device=device)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None
+    if tokenizer.bos_token_id is None or tokenizer.pad_token_id is None:
+        raise ValueError(f"the tokenizer of {model_dir!r} needs a bos and a pad token")
+    return model.eval(), tokenizer
+
+
 COMMANDS = {
     "explain": (_add_explain, _run_explain),
     "train": (_add_train, _run_train),
     "plot": (_add_plot, _run_plot),
+    "sft": (_add_sft, _run_sft),
+    "eval": (_add_eval, _run_eval),
+    "experiment": (experiment_command.add_parser, experiment_command.run),
 }
 
 

@@ -115,7 +115,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every: int = 0
+    every: int = 25
     """Evaluate on the held-out split every N steps (0 = only before and after training)."""
     num_prompts: int = 1024
     """Held-out prompts per evaluation."""
@@ -160,7 +160,7 @@ class TrainConfig:
     """Write a few sampled completions to samples.jsonl every N steps (0 = never)."""
     tensorboard: bool = False
     """Also write TensorBoard logs (needs the tensorboard extra)."""
-    monitor_kl: bool = False
+    monitor_kl: bool = True
     """Log KL to the reference even when kl_coef = 0 (one extra no-grad forward per step)."""
     max_nonfinite_steps: int = 3
     """Stop after this many consecutive optimizer steps skipped for a non-finite loss/gradient."""
@@ -195,6 +195,8 @@ class SFTConfig:
     """The supervised warm start: response-only cross-entropy on the task's solution traces."""
 
     task: TaskConfig = field(default_factory=TaskConfig)
+    """Task whose solution traces are learned (task.name, task.options); its held-out split
+    is what the checks and the final evaluation measure."""
     size: str = "tiny"
     """Built-in model size to train from scratch: tiny | small."""
     init: str | None = None
@@ -202,9 +204,10 @@ class SFTConfig:
     output_dir: str = "runs/sft"
     """Where the Hugging Face folder (config, safetensors, tokenizer) is written."""
     seed: int = 0
+    """Seeds the model's initialisation, the batch order and the evaluations' sampling."""
     lr: float = 3e-3
     """AdamW peak learning rate (cosine decay to 10% over max_steps, short warm-up)."""
-    batch_size: int = 64
+    batch_size: int = 32
     """Solution traces per optimizer step."""
     max_steps: int = 2000
     """Upper bound on optimizer steps."""

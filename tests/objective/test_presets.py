@@ -117,8 +117,12 @@ def test_unknown_preset_lists_the_choices():
 
 @pytest.mark.parametrize(
     ("name", "knob"),
-    [("rloo", "leave_one_out"), ("grpo", "group_mean|group_std"), ("dapo", "group_mean|group_std"),
-     ("dr_grpo", "group_mean")],
+    [
+        ("rloo", "leave_one_out"),
+        ("grpo", "group_mean|group_std"),
+        ("dapo", "group_mean|group_std"),
+        ("dr_grpo", "group_mean"),
+    ],
 )
 def test_group_of_one_fails_for_group_baselines_that_need_two(name, knob):
     spec = resolve_objective(name)

@@ -18,15 +18,15 @@ PINNED_KEYS = ("reward/mean", "reward/frac_zero_std_groups", "rollout/len_mean",
                "policy/clipfrac", "policy/entropy", "optim/grad_norm")  # fmt: skip
 
 GOLDEN = [
-    {"reward/mean": 0.0647321417927742, "reward/frac_zero_std_groups": 0.0, "rollout/len_mean": 8.0,
-     "policy/loss": -1.30385160446167e-08, "policy/clipfrac": 0.0,
-     "policy/entropy": 4.596721172332764, "optim/grad_norm": 0.4737868010997772},
-    {"reward/mean": 0.0647321417927742, "reward/frac_zero_std_groups": 0.0, "rollout/len_mean": 7.375,
-     "policy/loss": -0.039062537252902985, "policy/clipfrac": 0.0,
-     "policy/entropy": 4.596476409394862, "optim/grad_norm": 0.5144718885421753},
-    {"reward/mean": 0.1272321343421936, "reward/frac_zero_std_groups": 0.0, "rollout/len_mean": 8.0,
-     "policy/loss": -1.4901161193847656e-08, "policy/clipfrac": 0.0,
-     "policy/entropy": 4.596175670623779, "optim/grad_norm": 0.9815104007720947},
+    {"reward/mean": 0.125, "reward/frac_zero_std_groups": 0.0, "rollout/len_mean": 8.0,
+     "policy/loss": 0.0, "policy/clipfrac": 0.0,
+     "policy/entropy": 4.596203804016113, "optim/grad_norm": 1.0022484064102173},
+    {"reward/mean": 0.0625, "reward/frac_zero_std_groups": 0.0, "rollout/len_mean": 7.25,
+     "policy/loss": -0.0703125, "policy/clipfrac": 0.0,
+     "policy/entropy": 4.596284537479796, "optim/grad_norm": 0.3776976466178894},
+    {"reward/mean": 0.1629464328289032, "reward/frac_zero_std_groups": 0.0, "rollout/len_mean": 8.0,
+     "policy/loss": 5.960464477539063e-08, "policy/clipfrac": 0.0,
+     "policy/entropy": 4.595977783203125, "optim/grad_norm": 1.0752887725830078},
 ]  # fmt: skip
 
 

@@ -37,9 +37,9 @@ class ArithmeticTask(GeneratedTask):
     """Fewest numbers in a problem."""
     k_max: int = 5
     """Most numbers in a problem (k is uniform in k_min..k_max)."""
-    digits_min: int = 2
+    digits_min: int = 1
     """Fewest digits of each number."""
-    digits_max: int = 2
+    digits_max: int = 1
     """Most digits of each number (drawn per number, uniform in digits_min..digits_max)."""
     recheck_prob: float = 0.0
     """Probability that the SFT solution repeats each step as a `check a+b=s` line."""

@@ -1,0 +1,148 @@
+"""How drgrpo's step time scales: doubling K, B or the response length, and decode cost by position.
+
+    python -m benchmarks.scaling [--size small] [--quick]
+
+Goals (issue 5): doubling K, B or max_new_tokens at most doubles the step time (+10%), and the
+per-token decode cost does not grow with position beyond attention's share. Each variant runs
+in its own process (as in vs_trl.py), medians over a few steps after a warm-up. The decode
+probe times every decode step of one rollout with every row forced to run to the end, and
+compares the cost at the last positions with the first, against the growth that attention's
+FLOPs alone predict. Writes benchmarks/results/scaling.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.flops import Arch, forward_flops
+from benchmarks.workers import StepSpec
+
+RESULTS = Path(__file__).parent / "results" / "scaling.json"
+
+
+def time_steps(conn, spec_dict: dict, warmup: int, repeats: int) -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    from rich.console import Console
+
+    from benchmarks.workers import drgrpo_overrides
+    from drgrpo.config import build_config
+    from drgrpo.train.loop import rl_step
+    from drgrpo.train.setup import build_run
+
+    spec = StepSpec(**spec_dict)
+    torch.set_num_threads(spec.threads)
+    cfg = build_config(overrides=drgrpo_overrides(spec, tempfile.mkdtemp(prefix="bench-scale-")))
+    run = build_run(cfg, resume=False, console=Console(quiet=True))
+    times, lengths = [], []
+    for step in range(1, warmup + repeats + 1):
+        metrics = rl_step(run, step)
+        if step > warmup:
+            times.append(metrics["perf/step_s"])
+            lengths.append(metrics["rollout/len_mean"])
+    conn.send({"step_s": statistics.median(times), "len_mean": statistics.fmean(lengths)})
+    conn.close()
+
+
+def decode_profile(conn, model_dir: str, rows: int, tokens: int, threads: int) -> None:
+    """Seconds of each decode step of one rollout in which no row ever stops."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+
+    from drgrpo.models import load_policy
+    from drgrpo.rollout import HFRolloutEngine
+
+    torch.set_num_threads(threads)
+    model, tokenizer = load_policy(model_dir)
+    # EOS can never be sampled: its logit is -inf through a bias on the head.
+    model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.config.vocab_size))
+    with torch.no_grad():
+        model.lm_head.bias[tokenizer.eos_token_id] = -torch.inf
+    engine = HFRolloutEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    stamps = []
+    hook = model.lm_head.register_forward_hook(lambda *a: stamps.append(time.perf_counter()))
+    prompts = [[tokenizer.bos_token_id] + tokenizer.encode("12+34+56=")] * rows
+    engine.generate(prompts, max_new_tokens=tokens, seed=0)  # warm-up
+    stamps.clear()
+    engine.generate(prompts, max_new_tokens=tokens, seed=0)
+    hook.remove()
+    conn.send({"step_s": [b - a for a, b in zip(stamps, stamps[1:], strict=False)],
+               "prompt_len": len(prompts[0])})  # fmt: skip
+    conn.close()
+
+
+def spawn(target, *args) -> dict:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(child, *args))
+    proc.start()
+    child.close()
+    result = parent.recv()
+    proc.join()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="small")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    from rich.console import Console
+
+    from benchmarks.vs_trl import model_folder
+
+    console = Console()
+    warmup, repeats = (1, 2) if args.quick else (1, 4)
+    folder = model_folder(args.size, Path(tempfile.mkdtemp(prefix="bench-models-")))
+    base = dict(prompts=4, group=4, max_new_tokens=32)
+    variants = {"base": base, "2K": {**base, "group": 8}, "2B": {**base, "prompts": 8},
+                "2T": {**base, "max_new_tokens": 64}}  # fmt: skip
+    out: dict = {"size": args.size, "threads": args.threads, "variants": {}}
+    for name, v in variants.items():
+        spec = StepSpec(model_dir=str(folder), kl_coef=0.04, threads=args.threads,
+                        max_steps=warmup + repeats + 1, **v)  # fmt: skip
+        out["variants"][name] = {**v, **spawn(time_steps, spec.to_dict(), warmup, repeats)}
+        console.print(f"{name}: {out['variants'][name]}")
+    base_s = out["variants"]["base"]["step_s"]
+    for name in ("2K", "2B", "2T"):
+        ratio = out["variants"][name]["step_s"] / base_s
+        out["variants"][name]["ratio"] = ratio
+        out["variants"][name]["goal_met"] = ratio <= 2.2
+    rows, tokens = 64, 128
+    profile = spawn(decode_profile, str(folder), rows, tokens, args.threads)
+    steps = profile["step_s"]
+    first, last = statistics.median(steps[:16]), statistics.median(steps[-16:])
+    from transformers import AutoConfig
+
+    arch = Arch.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
+    p = profile["prompt_len"]
+
+    def flops_at(k):  # one decode step at context length k, all rows
+        return rows * (forward_flops(arch, k + 1, 1) - forward_flops(arch, k, 0))
+
+    predicted = statistics.fmean(
+        flops_at(p + tokens - 16 + i) for i in range(16)
+    ) / statistics.fmean(flops_at(p + i) for i in range(16))
+    out["decode"] = {"rows": rows, "tokens": tokens, "first16_median_s": first,
+                     "last16_median_s": last, "growth": last / first,
+                     "attention_flops_growth": predicted, "step_s": steps}  # fmt: skip
+    console.print(f"decode: first 16 steps {first * 1e3:.2f} ms, last 16 {last * 1e3:.2f} ms "
+                  f"(x{last / first:.2f}; attention FLOPs predict x{predicted:.2f})")  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
