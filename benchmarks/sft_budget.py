@@ -1,6 +1,7 @@
 """The default SFT warm start against its budget: time, and held-out accuracy in the RL band.
 
     python -m benchmarks.sft_budget [--output DIR] [--max-seconds 180] [--band 0.2 0.6]
+                                    [--threads N] [field=value ...]
 
 Runs `drgrpo sft --task arithmetic` with every default, prints the timeline of the periodic
 checks (step, seconds, training loss, sampled accuracy) and the final evaluation, and exits 1
@@ -18,10 +19,11 @@ import sys
 import tempfile
 import time
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
-from drgrpo.config import SFTConfig
+from drgrpo.config import build_sft_config
 from drgrpo.sft import run_sft
 
 
@@ -31,10 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=180.0)
     parser.add_argument("--band", type=float, nargs=2, default=(0.2, 0.6), metavar=("LO", "HI"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("overrides", nargs="*", help="SFT field=value, e.g. stop_accuracy=0.3")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     console = Console()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = SFTConfig(output_dir=args.output or tmp, seed=args.seed)
+        overrides = [f"output_dir={json.dumps(args.output or tmp)}", f"seed={args.seed}"]
+        cfg = build_sft_config(overrides=[*overrides, *args.overrides])
         start = time.perf_counter()
         summary = run_sft(cfg, console=console, progress=False)
         seconds = time.perf_counter() - start
@@ -43,11 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     lo, hi = args.band
     verdict = {
         "seconds": round(seconds, 1),
-        "train_seconds": summary["seconds"],
+        "loop_seconds": summary["seconds"],
+        "train_seconds": summary["train_seconds"],
         "eval_seconds": summary["eval_seconds"],
         "steps": summary["steps"],
         "tokens_per_s": summary["tokens_per_s"],
         "stop_reason": summary["stop_reason"],
+        "threads": torch.get_num_threads(),
         "accuracy": accuracy,
         "greedy_accuracy": summary["eval"]["greedy_accuracy"],
         "within_time": seconds <= args.max_seconds,

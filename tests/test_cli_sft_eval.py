@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from drgrpo.cli import main
+from drgrpo.config import SFTConfig
 
 EVAL_KEYS = {"accuracy", "greedy_accuracy", "pass_at_k", "len_correct", "len_incorrect",
              "truncated_frac", "num_prompts", "num_samples"}  # fmt: skip
@@ -72,3 +74,16 @@ def test_bad_input_is_one_clear_line(argv, message, sft_dir, tmp_path, capsys):
     assert code == 2
     assert message in err and err.startswith(f"drgrpo {argv[0]}: error:")
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without a GPU")
+def test_eval_on_a_missing_gpu_is_one_clear_line(sft_dir, capsys):
+    assert main(["eval", str(sft_dir), "--device", "cuda"]) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+def test_sft_help_config_lists_every_field_with_its_default(capsys):
+    assert main(["sft", "--help-config"]) == 0
+    out = capsys.readouterr().out
+    for name in SFTConfig().to_dict():
+        assert f"  {name} = " in out

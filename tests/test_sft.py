@@ -51,6 +51,11 @@ def test_batch_layout_and_loss_mask_cover_exactly_the_response(tokenizer):
     assert batch.num_tokens == 16 + 35
 
 
+def test_an_example_without_a_solution_is_a_clear_error(tokenizer):
+    with pytest.raises(ValueError, match="has no solution"):
+        sft.build_batch([Example(prompt="1+2=", reference="3", solution=None, meta={})], tokenizer)
+
+
 def test_response_losses_match_a_per_row_unpadded_loop(tokenizer):
     """The batched loss (right padding, no attention mask) against one unpadded row at a time."""
     model = build_model("tiny", len(tokenizer), seed=0, num_hidden_layers=2).double()
@@ -115,10 +120,11 @@ def test_short_run_reduces_heldout_response_loss(short_run, tokenizer):
     out, summary, _, _ = short_run
     before = _heldout_response_loss(build_model("tiny", len(tokenizer), seed=0), tokenizer)
     after = _heldout_response_loss(load_policy(out)[0], tokenizer)
-    # A fresh model is near uniform over 100 ids (ln 100 = 4.6); 40 steps of 16 traces learn the
-    # format (digits, "+", "=", newlines, "answer: "), which takes it well under half of that.
+    # A fresh model is near uniform over 100 ids (ln 100 = 4.6). 40 steps of 16 traces learn
+    # the near-deterministic tokens (copied digits, "+", "=", newlines, "answer: ", eos), which
+    # takes the mean response loss under a quarter of that (measured: 4.70 -> 0.82).
     assert before > 4.0
-    assert after < 0.5 * before
+    assert after < 0.25 * before
     assert summary["steps"] == 40 and summary["stop_reason"] == "max_steps"
     assert [c["step"] for c in summary["checks"]] == [20, 40]
 

@@ -246,8 +246,12 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _load_eval_policy(model_dir: str, device: str):
+    import torch
+
     from drgrpo.models import load_policy
 
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
     try:
         model, tokenizer = load_policy(model_dir, device=device)
     except FileNotFoundError as e:

@@ -204,14 +204,15 @@ class SFTConfig:
     output_dir: str = "runs/sft"
     """Where the Hugging Face folder (config, safetensors, tokenizer) is written."""
     seed: int = 0
-    """Seeds the model's initialisation, the batch order and the evaluations' sampling."""
+    """Seeds the model's initialisation and the evaluations' sampling; the training problems
+    come from the task's own seed option."""
     lr: float = 3e-3
     """AdamW peak learning rate (cosine decay to 10% over max_steps, short warm-up)."""
     batch_size: int = 32
     """Solution traces per optimizer step."""
     max_steps: int = 2000
     """Upper bound on optimizer steps."""
-    max_minutes: float = 3.0
+    max_minutes: float = 10.0
     """Wall-time safety limit; the deterministic stop is the accuracy band below."""
     check_every: int = 50
     """Measure held-out sampled accuracy every N steps (on check_prompts prompts)."""
