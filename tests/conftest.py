@@ -16,6 +16,23 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def model64(tokenizer):
+    """Two-layer tiny model in float64, so that exact comparisons can use 1e-10 tolerances.
+
+    initializer_range 0.3 (not 0.02) gives peaked, context-dependent logits: at 0.02 greedy
+    decoding repeats the last prompt token whatever the positions, and lets position bugs pass.
+    """
+    return build_model(
+        "tiny", len(tokenizer), seed=0, num_hidden_layers=2, initializer_range=0.3
+    ).double()
+
+
+@pytest.fixture(scope="session")
 def tiny_policy_dir(tmp_path_factory) -> str:
     """A small untrained policy in a local HF folder: the trainer treats it like any real model."""
     torch.manual_seed(0)

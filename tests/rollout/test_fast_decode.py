@@ -86,9 +86,10 @@ def test_finished_rows_leave_the_batch(tokenizer):
         out = HFRolloutEngine(model, EOS, PAD).generate(PROMPTS * 8, max_new_tokens=24, seed=0)
     finally:
         hook.remove()
-    # sizes[0] is the prefill (all 40 rows); each decode step feeds only the rows still running.
+    # sizes[0] is the prefill: each of the 5 distinct prompts once, not 40 rows. Each decode step
+    # then feeds only the rows still running.
     running = (~out.response_mask[:, :-1] | (out.response_ids[:, :-1] == EOS)).logical_not()
-    assert sizes[0] == 40
+    assert sizes[0] == len(PROMPTS)
     assert sizes[1:] == running.sum(0)[: len(sizes) - 1].tolist()
     assert sizes[-1] < 40
 

@@ -14,8 +14,11 @@ heads go through `torch.utils.checkpoint` per chunk.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch.utils.checkpoint import checkpoint
+from transformers.cache_utils import DynamicCache
 
 CHUNK_BYTES = 64 * 2**20
 """Largest fp32 logits block of one chunk: rows per chunk = min(chunk_size, CHUNK_BYTES / (4 V)).
@@ -59,31 +62,106 @@ def sequence_logprobs(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
-    groups = length_buckets(attention_mask, response_start)
-    if len(groups) == 1:
+    prompts = shared_prompts(input_ids, attention_mask, response_start)
+    buckets = length_buckets(attention_mask, response_start)
+    if prompts is None and len(buckets) == 1:
         return _padded_logprobs(model, input_ids, attention_mask, response_start, temperature,
                                 chunk_size, with_entropy)  # fmt: skip
-    # Rows of similar length together, each group cut to its own width; results back in order.
+    if prompts is not None:
+        prompt_state = _prompt_forward(model, *prompts[:2])
+    # Each bucket is cut to its own width; the results go back in the callers' row order.
     n, t = input_ids.shape[0], input_ids.shape[1] - response_start
-    pieces, order = [], []
-    for rows in groups:
+    pieces = []
+    for rows in buckets:
         mask = attention_mask[rows]
-        used_prompt = mask[:, :response_start].any(dim=0).nonzero()
         used_response = mask[:, response_start:].any(dim=0).nonzero()
-        first = int(used_prompt[0]) if len(used_prompt) else response_start - 1
         width = int(used_response[-1]) + 1 if len(used_response) else 1
-        stats = _padded_logprobs(
-            model, input_ids[rows, first : response_start + width],
-            mask[:, first : response_start + width], response_start - first, temperature,
-            chunk_size, with_entropy,
-        )  # fmt: skip
+        if prompts is not None:
+            stats = _logprobs_after_prompts(
+                model, prompt_state, prompts[1], prompts[2][rows],
+                input_ids[rows, response_start : response_start + width],
+                mask[:, response_start : response_start + width], temperature, chunk_size,
+                with_entropy,
+            )  # fmt: skip
+        else:
+            used_prompt = mask[:, :response_start].any(dim=0).nonzero()
+            first = int(used_prompt[0]) if len(used_prompt) else response_start - 1
+            stats = _padded_logprobs(
+                model, input_ids[rows, first : response_start + width],
+                mask[:, first : response_start + width], response_start - first, temperature,
+                chunk_size, with_entropy,
+            )  # fmt: skip
         pieces.append([torch.nn.functional.pad(x, (0, t - width)) for x in stats if x is not None])
-        order.append(rows)
     inverse = torch.empty(n, dtype=torch.long, device=input_ids.device)
-    inverse[torch.cat(order)] = torch.arange(n, device=input_ids.device)
+    inverse[torch.cat(buckets)] = torch.arange(n, device=input_ids.device)
     logprobs = torch.cat([p[0] for p in pieces])[inverse]
     entropy = torch.cat([p[1] for p in pieces])[inverse] if with_entropy else None
     return logprobs, entropy
+
+
+def shared_prompts(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(unique prompt ids, their mask, row -> unique index) when rows share prompts, else None.
+
+    An RL batch holds each prompt K times (a group): its forward is the same K times over. The
+    prompts' keys and values are computed once and every row attends to its prompt's. Shared
+    when there are at most half as many distinct prompts as rows; padding columns no distinct
+    prompt uses are cut.
+    """
+    n = input_ids.shape[0]
+    if n < 2:
+        return None
+    prompt = torch.cat(
+        [input_ids[:, :response_start], attention_mask[:, :response_start].long()], 1
+    )
+    unique, inverse = torch.unique(prompt, dim=0, return_inverse=True)
+    if 2 * unique.shape[0] > n:
+        return None
+    ids, mask = unique[:, :response_start], unique[:, response_start:].bool()
+    used = mask.any(dim=0).nonzero()
+    first = int(used[0]) if len(used) else response_start - 1
+    return ids[:, first:], mask[:, first:], inverse
+
+
+def _prompt_forward(model, prompt_ids, prompt_mask):
+    """The distinct prompts through the decoder: (keys/values per layer, last hidden state)."""
+    decoder = model.get_decoder()
+    cache = DynamicCache(config=model.config)
+    hidden = decoder(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=position_ids_from_mask(prompt_mask),
+        use_cache=True,
+        **{cache_kwarg(decoder): cache},
+    ).last_hidden_state[:, -1]  # left-padded: the last column is each prompt's last token
+    return [layer_keys_values(cache, i) for i in range(len(cache_layers(cache)))], hidden
+
+
+def _logprobs_after_prompts(model, prompt_state, prompt_mask, which, responses, response_mask,
+                            temperature, chunk_size, with_entropy):  # fmt: skip
+    """Response log-probs of rows whose prompts were run by `_prompt_forward` (row i: prompt
+    `which[i]`): the last prompt hidden state predicts response token 0, the responses' own
+    forward (attending to their prompt's cached keys and values) predicts tokens 1 .. t-1."""
+    kv, last = prompt_state
+    hidden = last[which][:, None]  # (r, 1, h)
+    t = responses.shape[1]
+    if t > 1:
+        decoder = model.get_decoder()
+        cache = DynamicCache(config=model.config)
+        for i, (keys, values) in enumerate(kv):
+            cache.update(keys[which], values[which], i)
+        mask = torch.cat([prompt_mask[which], response_mask[:, :-1]], dim=1)
+        after = decoder(
+            input_ids=responses[:, :-1],
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask)[:, prompt_mask.shape[1] :],
+            use_cache=True,
+            **{cache_kwarg(decoder): cache},
+        ).last_hidden_state
+        hidden = torch.cat([hidden, after], dim=1)  # (r, t, h)
+    return _response_stats(model, hidden, responses, response_mask, temperature, chunk_size,
+                           with_entropy)  # fmt: skip
 
 
 BUCKET_MIN_ROWS = 16
@@ -128,10 +206,17 @@ def _padded_logprobs(model, input_ids, attention_mask, response_start, temperatu
     ).last_hidden_state
     # The hidden state at column j predicts the token at column j + 1.
     hidden = hidden[:, response_start - 1 : -1]
+    return _response_stats(model, hidden, input_ids[:, response_start:],
+                           attention_mask[:, response_start:], temperature, chunk_size,
+                           with_entropy)  # fmt: skip
+
+
+def _response_stats(model, hidden, targets, valid, temperature, chunk_size, with_entropy):
+    """(logprobs, entropy or None), each (n, t), from the hidden states predicting `targets`."""
     n, t, h = hidden.shape
     head = model.get_output_embeddings()
     rows = max(1, min(chunk_size, CHUNK_BYTES // (4 * head.weight.shape[0])))
-    args = (hidden.reshape(n * t, h), input_ids[:, response_start:].reshape(n * t))
+    args = (hidden.reshape(n * t, h), targets.reshape(n * t))
     if type(head) is torch.nn.Linear:
         stats = _HeadStats.apply(
             *args, head.weight, head.bias, head, temperature, rows, with_entropy
@@ -139,11 +224,27 @@ def _padded_logprobs(model, input_ids, attention_mask, response_start, temperatu
     else:
         stats = _chunked_head_stats(head, *args, temperature, rows, with_entropy)
     stats = stats.reshape(-1, n, t)
-
-    valid = attention_mask[:, response_start:].bool()
+    valid = valid.bool()
     logprobs = stats[0].masked_fill(~valid, 0.0)
     entropy = stats[1].masked_fill(~valid, 0.0) if with_entropy else None
     return logprobs, entropy
+
+
+def cache_kwarg(decoder: torch.nn.Module) -> str:
+    # transformers 5 renamed `past_key_values` to `cache` (the old name warns until 5.40).
+    params = inspect.signature(decoder.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_layers(cache) -> list:
+    return cache.layers if hasattr(cache, "layers") else cache.key_cache
+
+
+def layer_keys_values(cache, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys, values) of layer i, each (n, kv_heads, columns, head_dim)."""
+    if hasattr(cache, "layers"):  # transformers >= 4.56
+        return cache.layers[i].keys, cache.layers[i].values
+    return cache.key_cache[i], cache.value_cache[i]
 
 
 def _chunked_head_stats(

@@ -2,18 +2,33 @@
 
 Not `model.generate`: one loop we control keeps the sampler's log-probs exactly those that
 `sequence_logprobs` recomputes (same positions, same fp32 log-softmax), and skips generate's
-per-step processor machinery.
+per-step processor machinery. Where the time goes, and what the loop does about it (measured on
+2 CPU cores, benchmarks/README.md):
+
+- the prompt is prefilled by the model's own forward; each decode step of a Llama-shaped model
+  (Llama, Qwen2) then runs on a preallocated KV cache (`_LlamaStepper`): HF's DynamicCache
+  concatenates the whole cache anew at every step, a cost that grows with the position;
+- rows that sampled EOS leave the batch at once (their cache slots are refilled by running
+  rows), so a step costs what the running rows need, not what the longest row needs;
+- q|k|v and gate|up are one matmul each, and cos/sin of every position are computed once;
+- one categorical draw per row by inverse CDF instead of `torch.multinomial`, which on CPU
+  draws V exponential variates per row (most of a step's time at V=151936).
+Any other model steps through its own forward (`_HFStepper`), finished rows kept and masked.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import torch
 from transformers.cache_utils import DynamicCache
 
-from drgrpo.models.logprobs import position_ids_from_mask
+from drgrpo.models.logprobs import (
+    cache_kwarg,
+    layer_keys_values,
+    position_ids_from_mask,
+    shared_prompts,
+)
 from drgrpo.rollout.engine import Rollouts, left_pad
 
 
@@ -110,16 +125,22 @@ class HFRolloutEngine:
         head = self.model.get_output_embeddings()
         cache = DynamicCache(config=self.model.config)
         first_position = prompt_mask.sum(dim=1)  # (n,) position of each row's first response token
-
+        fast = self.fast_decode and _LlamaStepper.supports(self.model)
+        # A group's K rows share one prompt: the fast path prefills each distinct prompt once.
+        shared = shared_prompts(prompts, prompt_mask, p) if fast else None
+        unique_ids, unique_mask, which = shared or (prompts, prompt_mask, None)
         hidden = decoder(
-            input_ids=prompts,
-            attention_mask=prompt_mask.long(),
-            position_ids=position_ids_from_mask(prompt_mask),
+            input_ids=unique_ids,
+            attention_mask=unique_mask.long(),
+            position_ids=position_ids_from_mask(unique_mask),
             use_cache=True,
-            **{_cache_kwarg(decoder): cache},
+            **{cache_kwarg(decoder): cache},
         ).last_hidden_state[:, -1]
-        if self.fast_decode and _LlamaStepper.supports(self.model):
-            stepper = _LlamaStepper(decoder, cache, prompt_mask, first_position, max_new_tokens)
+        if fast:
+            hidden = hidden if which is None else hidden[which]
+            stepper = _LlamaStepper(
+                decoder, cache, prompt_mask, first_position, max_new_tokens, which
+            )
         else:
             stepper = _HFStepper(decoder, cache, prompt_mask, first_position, max_new_tokens)
         del cache  # the stepper owns the prompt's keys and values now
@@ -192,7 +213,7 @@ class _HFStepper:
     def __init__(self, decoder, cache, prompt_mask, first_position, max_new_tokens):
         n, p = prompt_mask.shape
         self.decoder, self.cache, self.p = decoder, cache, p
-        self.cache_kwarg = _cache_kwarg(decoder)
+        self.cache_kwarg = cache_kwarg(decoder)
         self.first_position = first_position[:, None]
         # One buffer for the whole run; each step attends to a growing prefix of it.
         self.mask = torch.zeros(
@@ -244,7 +265,8 @@ class _LlamaStepper:
             for layer in decoder.layers
         )  # fmt: skip
 
-    def __init__(self, decoder, cache, prompt_mask, first_position, max_new_tokens):
+    def __init__(self, decoder, cache, prompt_mask, first_position, max_new_tokens, which=None):
+        """`which[row]`: the cache row holding that row's prompt (None: row i is cache row i)."""
         import sys
 
         n, p = prompt_mask.shape
@@ -253,7 +275,7 @@ class _LlamaStepper:
         attn = self.layers[0].self_attn
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         self.rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
-        keys0, _ = _layer_kv(cache, 0)
+        keys0, _ = layer_keys_values(cache, 0)
         kv_heads = keys0.shape[1]
         self.gqa = attn.q_proj.out_features // self.head_dim != kv_heads
         # (layer, key/value, row, kv head, column, head dim); columns: prompt, then responses.
@@ -262,9 +284,9 @@ class _LlamaStepper:
             dtype=keys0.dtype, device=keys0.device,
         )  # fmt: skip
         for i in range(len(self.layers)):
-            keys, values = _layer_kv(cache, i)
-            self.kv[i, 0, :, :, :p] = keys
-            self.kv[i, 1, :, :, :p] = values
+            keys, values = layer_keys_values(cache, i)
+            self.kv[i, 0, :, :, :p] = keys if which is None else keys[which]
+            self.kv[i, 1, :, :, :p] = values if which is None else values[which]
         self.mask = torch.zeros(
             (n, p + max_new_tokens), dtype=torch.bool, device=prompt_mask.device
         )
@@ -347,13 +369,6 @@ def _fused(*linears) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight, torch.cat(biases)
 
 
-def _layer_kv(cache, i):
-    """(keys, values) of layer i after the prefill, each (n, kv_heads, P, head_dim)."""
-    if hasattr(cache, "layers"):  # transformers >= 4.56
-        return cache.layers[i].keys, cache.layers[i].values
-    return cache.key_cache[i], cache.value_cache[i]
-
-
 def _categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One draw per row from unnormalised `probs` (N, V), by inverse CDF in float64.
 
@@ -380,9 +395,3 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     total = sorted_probs.sum(dim=-1, keepdim=True)
     sorted_probs = sorted_probs.masked_fill(mass_before >= top_p * total, 0.0)
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-
-
-def _cache_kwarg(decoder: torch.nn.Module) -> str:
-    # transformers 5 renamed `past_key_values` to `cache` (the old name warns until 5.40).
-    params = inspect.signature(decoder.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"

@@ -72,11 +72,7 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
 def check_compatible(ckpt: Path, config: dict) -> None:
     """Refuse a checkpoint whose model or algorithm differs, saying what differs."""
-    try:
-        saved = json.loads((ckpt / "config.json").read_text())
-        model_cfg = json.loads((ckpt / "model" / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{ckpt} is not a readable drgrpo checkpoint ({e})") from e
+    saved = _read_json(ckpt / "config.json", ckpt)
     diffs = [
         f"{key}: checkpoint has {saved.get(key)!r}, this run has {config.get(key)!r}"
         for key in _MUST_MATCH_CONFIG
@@ -86,11 +82,17 @@ def check_compatible(ckpt: Path, config: dict) -> None:
         raise CheckpointError(
             f"checkpoint {ckpt} belongs to a different run:\n  " + "\n  ".join(diffs)
         )
-    return model_cfg
+
+
+def _read_json(path: Path, ckpt: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{ckpt} is not a readable drgrpo checkpoint ({e})") from e
 
 
 def check_model_matches(ckpt: Path, model) -> None:
-    model_cfg = json.loads((ckpt / "model" / "config.json").read_text())
+    model_cfg = _read_json(ckpt / "model" / "config.json", ckpt)
     ours = model.config.to_dict()
     diffs = [
         f"{key}: checkpoint {model_cfg.get(key)!r} vs model {ours.get(key)!r}"
