@@ -23,6 +23,11 @@ A row with p prompt tokens and c response tokens (EOS included) needs:
 
 So one RL step is (4 + [KL]) x the row's forward, whatever a library recomputes on top (e.g.
 activation checkpointing), which is the library's cost, not the step's.
+
+A group's K rows share their prompt, and a prompt's forward does not depend on the response
+after it: the step must run each distinct prompt once, not K times. `rl_step_flops(group=K)`
+counts it so (the headline MFU of benchmarks/vs_trl.py); `group=1` counts every row's prompt,
+the usual convention (reported as `*_mfu_rowwise`).
 """
 
 from __future__ import annotations
@@ -93,8 +98,24 @@ class StepFlops:
 
 
 def rl_step_flops(
-    arch: Arch, rows: Iterable[tuple[int, int]], *, with_reference: bool
+    arch: Arch, rows: Iterable[tuple[int, int]], *, with_reference: bool, group: int = 1
 ) -> StepFlops:
-    """FLOPs of one RL step over rows of (prompt_len, response_len): rollout, 3x training, reference."""
-    fwd = sum(row_forward_flops(arch, p, c) for p, c in rows if c > 0)
+    """FLOPs of one RL step over rows of (prompt_len, response_len): rollout, 3x training, reference.
+
+    Rows come in groups of `group` consecutive rows with the same prompt; each group's prompt
+    forward (its first prompt_len tokens) is counted once. `group=1`: every row's is counted.
+    """
+    rows = [tuple(r) for r in rows]
+    if len(rows) % group:
+        raise ValueError(f"{len(rows)} rows are not whole groups of {group}")
+    fwd = 0
+    for g in range(0, len(rows), group):
+        if len({p for p, _ in rows[g : g + group]}) != 1:
+            raise ValueError(f"rows {g}..{g + group - 1} of one group have different prompts")
+        members = [(p, c) for p, c in rows[g : g + group] if c > 0]
+        if not members:
+            continue
+        p = members[0][0]
+        prompt = forward_flops(arch, p, 0)
+        fwd += prompt + sum(row_forward_flops(arch, p, c) - prompt for _, c in members)
     return StepFlops(rollout=fwd, train=3 * fwd, reference=fwd if with_reference else 0)

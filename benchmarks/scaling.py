@@ -5,9 +5,10 @@
 Goals (issue 5): doubling K, B or max_new_tokens at most doubles the step time (+10%), and the
 per-token decode cost does not grow with position beyond attention's share. Each variant runs
 in its own process (as in vs_trl.py), medians over a few steps after a warm-up. The decode
-probe times every decode step of one rollout with every row forced to run to the end, and
-compares the cost at the last positions with the first, against the growth that attention's
-FLOPs alone predict. Writes benchmarks/results/scaling.json.
+probe times every decode step of one rollout (64 rows, 128 tokens, no row ever stops) and the
+attention calls inside each: the cost at the last 16 positions over the first 16, with and
+without attention (which reads a KV cache that grows with the position). Writes
+benchmarks/results/scaling.json.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.flops import Arch, forward_flops
 from benchmarks.workers import StepSpec
 
 RESULTS = Path(__file__).parent / "results" / "scaling.json"
@@ -53,7 +53,8 @@ def time_steps(conn, spec_dict: dict, warmup: int, repeats: int) -> None:
 
 
 def decode_profile(conn, model_dir: str, rows: int, tokens: int, threads: int) -> None:
-    """Seconds of each decode step of one rollout in which no row ever stops."""
+    """Seconds of each decode step of one rollout in which no row ever stops, and the seconds
+    of attention (scaled_dot_product_attention calls) inside each step."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
 
@@ -67,15 +68,29 @@ def decode_profile(conn, model_dir: str, rows: int, tokens: int, threads: int) -
     with torch.no_grad():
         model.lm_head.bias[tokenizer.eos_token_id] = -torch.inf
     engine = HFRolloutEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    stamps = []
+    stamps, attention = [], []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def timed_sdpa(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = sdpa(*args, **kwargs)
+        attention.append((t0, time.perf_counter() - t0))
+        return out
+
+    torch.nn.functional.scaled_dot_product_attention = timed_sdpa
     hook = model.lm_head.register_forward_hook(lambda *a: stamps.append(time.perf_counter()))
     prompts = [[tokenizer.bos_token_id] + tokenizer.encode("12+34+56=")] * rows
     engine.generate(prompts, max_new_tokens=tokens, seed=0)  # warm-up
     stamps.clear()
+    attention.clear()
     engine.generate(prompts, max_new_tokens=tokens, seed=0)
     hook.remove()
-    conn.send({"step_s": [b - a for a, b in zip(stamps, stamps[1:], strict=False)],
-               "prompt_len": len(prompts[0])})  # fmt: skip
+    torch.nn.functional.scaled_dot_product_attention = sdpa
+    steps, attn = [], []
+    for a, b in zip(stamps, stamps[1:], strict=False):
+        steps.append(b - a)
+        attn.append(sum(dt for t0, dt in attention if a <= t0 < b))
+    conn.send({"step_s": steps, "attention_s": attn, "prompt_len": len(prompts[0])})
     conn.close()
 
 
@@ -120,24 +135,29 @@ def main(argv: list[str] | None = None) -> int:
         out["variants"][name]["goal_met"] = ratio <= 2.2
     rows, tokens = 64, 128
     profile = spawn(decode_profile, str(folder), rows, tokens, args.threads)
-    steps = profile["step_s"]
-    first, last = statistics.median(steps[:16]), statistics.median(steps[-16:])
-    from transformers import AutoConfig
+    steps, attn = profile["step_s"], profile["attention_s"]
+    other = [s - a for s, a in zip(steps, attn, strict=True)]
 
-    arch = Arch.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
-    p = profile["prompt_len"]
+    def growth(xs):  # median of the last 16 steps over the first 16
+        return statistics.median(xs[-16:]) / statistics.median(xs[:16])
 
-    def flops_at(k):  # one decode step at context length k, all rows
-        return rows * (forward_flops(arch, k + 1, 1) - forward_flops(arch, k, 0))
-
-    predicted = statistics.fmean(
-        flops_at(p + tokens - 16 + i) for i in range(16)
-    ) / statistics.fmean(flops_at(p + i) for i in range(16))
-    out["decode"] = {"rows": rows, "tokens": tokens, "first16_median_s": first,
-                     "last16_median_s": last, "growth": last / first,
-                     "attention_flops_growth": predicted, "step_s": steps}  # fmt: skip
-    console.print(f"decode: first 16 steps {first * 1e3:.2f} ms, last 16 {last * 1e3:.2f} ms "
-                  f"(x{last / first:.2f}; attention FLOPs predict x{predicted:.2f})")  # fmt: skip
+    out["decode"] = {
+        "rows": rows, "tokens": tokens,
+        "first16_ms": 1e3 * statistics.median(steps[:16]),
+        "last16_ms": 1e3 * statistics.median(steps[-16:]),
+        "growth": growth(steps), "growth_without_attention": growth(other),
+        "attention_first16_ms": 1e3 * statistics.median(attn[:16]),
+        "attention_last16_ms": 1e3 * statistics.median(attn[-16:]),
+        "goal_met": growth(other) <= 1.1,
+        "step_ms": [round(1e3 * x, 2) for x in steps],
+        "attention_ms": [round(1e3 * x, 2) for x in attn],
+    }  # fmt: skip
+    d = out["decode"]
+    console.print(
+        f"decode step: {d['first16_ms']:.1f} ms at the first 16 positions, {d['last16_ms']:.1f} ms "
+        f"at the last 16 (x{d['growth']:.2f}); attention {d['attention_first16_ms']:.1f} -> "
+        f"{d['attention_last16_ms']:.1f} ms; everything else x{d['growth_without_attention']:.2f}"
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     console.print(f"wrote {args.out}")

@@ -71,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads in every worker and the matmul probe (all cores)")  # fmt: skip
     parser.add_argument("--skip-check", action="store_true", help="skip the loss agreement check")
     parser.add_argument("--out", default=str(RESULTS), help="where to write the JSON results")
+    parser.add_argument("--markdown", metavar="JSON",
+                        help="print the results in JSON as a Markdown table and exit (no run)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(json.loads(Path(args.markdown).read_text())))
+        return 0
     repeats = args.repeats or (2 if args.quick else 5)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     kls = [float(k) for k in (args.kl or ("0.04" if args.quick else "0.04,0")).split(",")]
@@ -88,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     console = Console()
+    if console.width < 150:  # the table has ten columns
+        console = Console(width=150)
     machine = machine_info(args.threads)
     console.print(f"fp32 matmul rate: {machine['matmul_gflops']:.1f} GFLOP/s on "
                   f"{args.threads} thread(s); {machine['cpu']}")  # fmt: skip
@@ -285,6 +292,7 @@ def compare(spec: StepSpec, warmup: int, repeats: int, gflops: float, console) -
             "rollout_tok_s",
             "train_tok_s",
             "mfu",
+            "mfu_rowwise",
             "response_len",
             "gflop",
         ):
@@ -304,7 +312,9 @@ def compare(spec: StepSpec, warmup: int, repeats: int, gflops: float, console) -
 
 def summarize_step(step: dict, arch: Arch, spec: StepSpec, rate: float) -> dict:
     rows = [tuple(r) for r in step["rows"]]
-    flops = rl_step_flops(arch, rows, with_reference=spec.kl_coef > 0).total
+    ref = spec.kl_coef > 0
+    flops = rl_step_flops(arch, rows, with_reference=ref, group=spec.group).total
+    rowwise = rl_step_flops(arch, rows, with_reference=ref).total
     response = sum(c for _, c in rows)
     tokens = sum(p + c for p, c in rows)
     train_s = step["step_s"] - step["rollout_s"]
@@ -315,6 +325,7 @@ def summarize_step(step: dict, arch: Arch, spec: StepSpec, rate: float) -> dict:
         "rollout_tok_s": response / step["rollout_s"],
         "train_tok_s": tokens / train_s,
         "mfu": flops / (step["step_s"] * rate),
+        "mfu_rowwise": rowwise / (step["step_s"] * rate),
         "response_len": response / len(rows),
         "gflop": flops / 1e9,
     }
@@ -337,6 +348,33 @@ def goal_met(entry: dict, goal: dict) -> bool:
 def write(results: dict, path: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def markdown_table(results: dict) -> str:
+    """The results as a Markdown table (benchmarks/README.md), one row per config and KL."""
+    lines = [
+        "| config | KL | TRL s/step | drgrpo s/step | speedup (pairs) | rollout tok/s TRL / drgrpo "
+        "| train tok/s TRL / drgrpo | peak MB TRL / drgrpo | MFU TRL / drgrpo | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in results["configs"].items():
+        variants = [(entry, True)] + [(v, False) for k, v in entry.items()
+                                      if k.startswith("kl") and isinstance(v, dict)]  # fmt: skip
+        for e, headline in variants:
+            goal = ""
+            if headline and entry.get("goal"):
+                wanted = ", ".join(f"{k} {v:g}" for k, v in entry["goal"].items())
+                goal = f"{'met' if entry['goal_met'] else '**missed**'} ({wanted})"
+            pairs = ", ".join(f"{r:.2f}" for r in e["speedup_all"])
+            lines.append(
+                f"| {name if headline else ''} | {e['kl_coef']:g} | {e['trl_step_s']:.3f} "
+                f"| {e['drgrpo_step_s']:.3f} | **{e['speedup']:.2f}x** ({pairs}) "
+                f"| {e['trl_rollout_tok_s']:.0f} / {e['drgrpo_rollout_tok_s']:.0f} "
+                f"| {e['trl_train_tok_s']:.0f} / {e['drgrpo_train_tok_s']:.0f} "
+                f"| {e['trl_peak_mb']:.0f} / {e['drgrpo_peak_mb']:.0f} "
+                f"| {e['trl_mfu']:.0%} / {e['drgrpo_mfu']:.0%} | {goal} |"
+            )
+    return "\n".join(lines)
 
 
 def print_table(results: dict, console) -> None:

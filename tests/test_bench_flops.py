@@ -67,3 +67,18 @@ def test_matches_torch_flop_counter_on_a_real_forward(kv_heads):
     q_dim = arch.heads * arch.head_dim
     full_attention_extra = arch.layers * 4 * q_dim * (n * n - n * (n + 1) // 2)
     assert counter.get_total_flops() == forward_flops(arch, n, n) + full_attention_extra
+
+
+def test_a_group_runs_its_prompt_once():
+    # Two rows of one prompt of 3 tokens, responses 2 and 1.
+    # Prompt once: 3 tokens x 288 + keys (1+2+3) x 16 = 960 per layer, 1920 for 2 layers.
+    # Row (3, 2) adds position 3 (4 keys): 288 + 4*16 = 352 per layer, 704, head 2*80 = 160: 864.
+    # Row (3, 1) adds no token (its first response token is predicted from the prompt), head 80.
+    # Forward: 1920 + 864 + 80 = 2864; rowwise it is 2784 + 2000 = 4784.
+    rows = [(3, 2), (3, 1)]
+    assert rl_step_flops(TINY, rows, with_reference=False, group=2).rollout == 2864
+    assert rl_step_flops(TINY, rows, with_reference=False, group=1).rollout == 4784
+    with pytest.raises(ValueError, match="different prompts"):
+        rl_step_flops(TINY, [(3, 2), (4, 1)], with_reference=False, group=2)
+    with pytest.raises(ValueError, match="whole groups"):
+        rl_step_flops(TINY, [*rows, (3, 1)], with_reference=False, group=2)

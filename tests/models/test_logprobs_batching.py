@@ -136,3 +136,33 @@ def test_one_token_responses_need_no_response_forward(model64):
     want, _ = lp._padded_logprobs(model64, ids, mask, p, 1.0, 1024, False)
     assert got.shape == (12, 1)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_vocabulary_tiles_equal_whole_logits(model64, monkeypatch, temperature):
+    """A large vocabulary is cut into tiles with an online log-sum-exp (and entropy): with tiles
+    of 7 columns over V=100 (15 tiles, the last one ragged) it must give the whole-row numbers,
+    the head bias and the entropy's gradient included."""
+    model64.lm_head.bias = torch.nn.Parameter(
+        torch.linspace(-1, 1, model64.config.vocab_size, dtype=torch.float64)
+    )
+    ids, mask, p = ragged_batch(6, 5, 9, seed=5)
+    params = [q for q in model64.parameters() if q.requires_grad]
+    weights = torch.randn(ids.shape[0], ids.shape[1] - p, dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(6))  # fmt: skip
+
+    def run():
+        logp, entropy = sequence_logprobs(model64, ids, mask, p, temperature=temperature,
+                                          chunk_size=4, with_entropy=True)  # fmt: skip
+        loss = (logp * weights).sum() + 0.1 * entropy.sum()
+        return logp, entropy, torch.autograd.grad(loss, params)
+
+    want = run()
+    monkeypatch.setattr(lp, "CHUNK_BYTES", 4 * 4 * 7)  # 4 rows x 7 columns of fp32
+    monkeypatch.setattr(lp, "MIN_TILE", 1)
+    assert lp._vocab_tile(4, model64.config.vocab_size) == 7
+    got = run()
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-12)
+    for g, w in zip(got[2], want[2], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)

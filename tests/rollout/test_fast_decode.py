@@ -100,3 +100,18 @@ def test_unsupported_models_take_the_generic_path(tokenizer):
     assert not _LlamaStepper.supports(model)
     out = HFRolloutEngine(model, EOS, PAD).generate(PROMPTS, max_new_tokens=5, temperature=0)
     assert out.response_ids.shape == (5, 5)
+
+
+def test_transposed_head_copy_gives_the_same_rollout(model, monkeypatch):
+    """Large heads are applied from a transposed copy of the weight (bias included)."""
+    from drgrpo.rollout import hf
+
+    calls = []
+    monkeypatch.setattr(hf, "_transpose_pays", lambda head, steps: calls.append(steps) or True)
+    fast = HFRolloutEngine(model, EOS, PAD).generate(PROMPTS * 2, max_new_tokens=12, temperature=0)
+    slow = HFRolloutEngine(model, EOS, PAD, fast_decode=False).generate(
+        PROMPTS * 2, max_new_tokens=12, temperature=0
+    )
+    assert calls == [12]
+    assert torch.equal(fast.response_ids, slow.response_ids)
+    torch.testing.assert_close(fast.sampler_logprobs, slow.sampler_logprobs, rtol=0, atol=1e-6)

@@ -2,8 +2,8 @@
 
 The vocabulary projection is the memory peak of RL training: N*T rows times V columns in fp32
 is 10 GB for 64 x 256 tokens at Qwen's V=151936. So the base model runs once, and the head is
-applied to row chunks of at most `CHUNK_BYTES` of logits, each recomputed in backward instead of
-keeping every chunk's logits alive until backward.
+applied to row chunks (a large vocabulary also in tiles, at most `CHUNK_BYTES` of logits at a
+time), each recomputed in backward instead of keeping every chunk's logits alive until backward.
 
 For a plain `nn.Linear` head (every HF causal LM) one autograd function does the chunks
 (`_HeadStats`): its backward rebuilds each chunk's logits once, turns them into the logits'
@@ -21,8 +21,11 @@ from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import DynamicCache
 
 CHUNK_BYTES = 64 * 2**20
-"""Largest fp32 logits block of one chunk: rows per chunk = min(chunk_size, CHUNK_BYTES / (4 V)).
-64 MiB is 110 rows at V=151936 (a few such blocks are alive at once) and never binds at V=100."""
+"""Largest fp32 logits block alive at once (a few such blocks exist together). A chunk of
+`chunk_size` rows whose logits are larger is split into vocabulary tiles: 16384 columns for 1024
+rows at V=151936. Never binds at V=100."""
+MIN_TILE = 1024
+"""Narrowest vocabulary tile (narrower ones make the matmuls inefficient)."""
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -215,13 +218,13 @@ def _response_stats(model, hidden, targets, valid, temperature, chunk_size, with
     """(logprobs, entropy or None), each (n, t), from the hidden states predicting `targets`."""
     n, t, h = hidden.shape
     head = model.get_output_embeddings()
-    rows = max(1, min(chunk_size, CHUNK_BYTES // (4 * head.weight.shape[0])))
     args = (hidden.reshape(n * t, h), targets.reshape(n * t))
     if type(head) is torch.nn.Linear:
         stats = _HeadStats.apply(
-            *args, head.weight, head.bias, head, temperature, rows, with_entropy
+            *args, head.weight, head.bias, head, temperature, chunk_size, with_entropy
         )
     else:
+        rows = max(1, min(chunk_size, CHUNK_BYTES // (4 * head.weight.shape[0])))
         stats = _chunked_head_stats(head, *args, temperature, rows, with_entropy)
     stats = stats.reshape(-1, n, t)
     valid = valid.bool()
@@ -297,71 +300,97 @@ def _chunk_stats(
 
 
 class _HeadStats(torch.autograd.Function):
-    """(1 or 2, rows): `_chunk_stats` of a Linear head over row chunks, with a fused backward.
+    """(1 or 2, rows): log-prob of each target (and the entropy) under a Linear head, in chunks.
 
-    Forward keeps only hidden, targets, log Z and the entropy. Backward, per chunk: logits again,
-    p = softmax, the logits' gradient in place,
+    Rows go in chunks of `rows`. When a chunk's logits fit in CHUNK_BYTES, they are one call of
+    the head; otherwise (a large vocabulary) they are vocabulary tiles of the weight, folded into
+    an online log-sum-exp (and entropy), so that large row chunks keep the matmuls efficient
+    while at most one tile of logits exists at a time. Forward keeps only hidden, targets, log Z
+    and the entropy. Backward, per chunk and tile: logits again, p = softmax, the logits'
+    gradient in place,
 
         d logprob / d z = onehot(target) - p          d entropy / d z = -p * (log p + H)
 
-    (z = logits / temperature), then the chunk's input gradient and an in-place `addmm_` into
-    one weight-gradient buffer. Chunks are visited last first, as autograd would.
+    (z = logits / temperature), then `addmm_` into the input gradient and into one weight
+    gradient buffer. Chunks are visited last first, as autograd would.
     """
 
     # CUDA autocast (bf16) is on in backward exactly when it was on in forward.
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, hidden, targets, weight, bias, head, temperature, rows, with_entropy):
+        tile = _vocab_tile(rows, weight.shape[0])
         pieces, log_normalizers = [], []
         for lo in range(0, hidden.shape[0], rows):
-            piece, log_z = _linear_chunk_stats(
-                head, hidden[lo : lo + rows], targets[lo : lo + rows], temperature, with_entropy
-            )
+            h, t = hidden[lo : lo + rows], targets[lo : lo + rows]
+            if tile is None:
+                piece, log_z = _linear_chunk_stats(head, h, t, temperature, with_entropy)
+            else:
+                piece, log_z = _tiled_chunk_stats(
+                    h, t, weight, bias, temperature, with_entropy, tile
+                )
             pieces.append(piece)
             log_normalizers.append(log_z)
         stats = torch.cat(pieces, dim=-1)
         entropy = stats[1] if with_entropy else None
         ctx.save_for_backward(hidden, targets, weight, bias, torch.cat(log_normalizers), entropy)
-        ctx.head, ctx.temperature, ctx.rows = head, temperature, rows
+        ctx.head, ctx.temperature, ctx.rows, ctx.tile = head, temperature, rows, tile
         return stats
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_stats):
         hidden, targets, weight, bias, log_z, entropy = ctx.saved_tensors
-        head, temperature, rows = ctx.head, ctx.temperature, ctx.rows
+        head, temperature, rows, tile = ctx.head, ctx.temperature, ctx.rows, ctx.tile
         grad_logprob = grad_stats[0]
         grad_entropy = grad_stats[1] if entropy is not None else None
-        grad_hidden = torch.empty_like(hidden)
+        grad_hidden = torch.zeros_like(hidden)
         grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[2] else None
         grad_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[3] else None
+        vocab = weight.shape[0]
         starts = list(range(0, hidden.shape[0], rows))
         with torch.no_grad():
             for lo in reversed(starts):
                 hi = min(lo + rows, hidden.shape[0])
                 h = hidden[lo:hi]
-                log_p = head(h)
-                log_p = log_p.to(torch.promote_types(log_p.dtype, torch.float32))
-                if temperature != 1.0:
-                    log_p.div_(temperature)
-                log_p.sub_(log_z[lo:hi, None])  # log softmax(z)
                 g = grad_logprob[lo:hi, None]
-                if grad_entropy is None:
-                    grad_z = log_p.exp_().mul_(-g)  # -p * g
-                else:
-                    p = log_p.exp()
-                    grad_z = log_p.add_(entropy[lo:hi, None]).mul_(grad_entropy[lo:hi, None])
-                    grad_z = grad_z.add_(g).mul_(p).neg_()  # -p * (g + g_H * (log p + H))
-                grad_z.scatter_add_(-1, targets[lo:hi, None], g)
-                if temperature != 1.0:
-                    grad_z.div_(temperature)
-                grad_logits = grad_z.to(weight.dtype)
-                grad_hidden[lo:hi] = grad_logits @ weight
-                if grad_weight is not None:
-                    grad_weight.addmm_(grad_logits.T, h.to(weight.dtype))
-                if grad_bias is not None:
-                    grad_bias += grad_logits.sum(0)
+                g_h = None if grad_entropy is None else grad_entropy[lo:hi, None]
+                for v0 in range(0, vocab, tile or vocab):
+                    v1 = min(v0 + (tile or vocab), vocab)
+                    if tile is None:
+                        log_p = head(h)  # one call of the module: its hooks see each chunk
+                    else:
+                        b = None if bias is None else bias[v0:v1]
+                        log_p = torch.nn.functional.linear(h, weight[v0:v1], b)
+                    log_p = log_p.to(torch.promote_types(log_p.dtype, torch.float32))
+                    if temperature != 1.0:
+                        log_p.div_(temperature)
+                    log_p.sub_(log_z[lo:hi, None])  # log softmax(z) on this tile
+                    if g_h is None:
+                        grad_z = log_p.exp_().mul_(-g)  # -p * g
+                    else:
+                        p = log_p.exp()
+                        grad_z = log_p.add_(entropy[lo:hi, None]).mul_(g_h)
+                        grad_z = grad_z.add_(g).mul_(p).neg_()  # -p * (g + g_H * (log p + H))
+                    inside = (targets[lo:hi] >= v0) & (targets[lo:hi] < v1)
+                    local = (targets[lo:hi] - v0).clamp(0, v1 - v0 - 1)[:, None]
+                    grad_z.scatter_add_(-1, local, g * inside[:, None])
+                    if temperature != 1.0:
+                        grad_z.div_(temperature)
+                    grad_logits = grad_z.to(weight.dtype)
+                    grad_hidden[lo:hi].addmm_(grad_logits, weight[v0:v1])
+                    if grad_weight is not None:
+                        grad_weight[v0:v1].addmm_(grad_logits.T, h.to(weight.dtype))
+                    if grad_bias is not None:
+                        grad_bias[v0:v1] += grad_logits.sum(0)
         return grad_hidden, None, grad_weight, grad_bias, None, None, None, None
+
+
+def _vocab_tile(rows: int, vocab: int) -> int | None:
+    """Vocabulary columns per tile for chunks of `rows`; None when a chunk's logits fit whole."""
+    if rows * vocab * 4 <= CHUNK_BYTES:
+        return None
+    return max(MIN_TILE, CHUNK_BYTES // (4 * rows))
 
 
 def _linear_chunk_stats(head, hidden, targets, temperature, with_entropy):
@@ -378,3 +407,46 @@ def _linear_chunk_stats(head, hidden, targets, temperature, with_entropy):
     log_p = z.sub_(log_z[:, None])
     entropy = -(log_p.exp().unsqueeze(1) @ log_p.unsqueeze(2)).reshape(-1)
     return torch.stack([logprob, entropy]), log_z
+
+
+def _tiled_chunk_stats(hidden, targets, weight, bias, temperature, with_entropy, tile):
+    """`_linear_chunk_stats` over vocabulary tiles, with an online log-sum-exp.
+
+    Per row, relative to the running maximum m: S = sum_v e^(z_v - m), Q = sum_v e^(z_v - m)
+    (z_v - m). A new tile with maximum m' > m rescales both by e^(m - m') (Q also gains
+    S (m - m')). Then log Z = m + log S and H = log S - Q / S.
+    """
+    vocab = weight.shape[0]
+    target_logit = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    m = s = q = None
+    for v0 in range(0, vocab, tile):
+        v1 = min(v0 + tile, vocab)
+        z = torch.nn.functional.linear(hidden, weight[v0:v1], None if bias is None else bias[v0:v1])
+        z = z.to(torch.promote_types(z.dtype, torch.float32))
+        if temperature != 1.0:
+            z.div_(temperature)
+        if m is None:
+            target_logit = target_logit.to(z.dtype)
+        inside = (targets >= v0) & (targets < v1)
+        local = (targets - v0).clamp(0, v1 - v0 - 1)[:, None]
+        target_logit = torch.where(inside, z.gather(-1, local).squeeze(-1), target_logit)
+        tile_max = z.amax(dim=-1)
+        new_m = tile_max if m is None else torch.maximum(m, tile_max)
+        z.sub_(new_m[:, None])
+        e = z.exp() if with_entropy else z.exp_()
+        tile_s = e.sum(dim=-1)
+        tile_q = (e.unsqueeze(1) @ z.unsqueeze(2)).reshape(-1) if with_entropy else None
+        if m is None:
+            s, q = tile_s, tile_q
+        else:
+            alpha = torch.exp(m - new_m)
+            if with_entropy:
+                q = alpha * (q + s * (m - new_m)) + tile_q
+            s = alpha * s + tile_s
+        m = new_m
+    log_s = torch.log(s)
+    log_z = m + log_s
+    logprob = target_logit - log_z
+    if not with_entropy:
+        return logprob[None], log_z
+    return torch.stack([logprob, log_s - q / s]), log_z

@@ -145,6 +145,8 @@ class HFRolloutEngine:
             stepper = _HFStepper(decoder, cache, prompt_mask, first_position, max_new_tokens)
         del cache  # the stepper owns the prompt's keys and values now
 
+        if fast and type(head) is torch.nn.Linear and _transpose_pays(head, max_new_tokens):
+            head = _TransposedHead(head)
         response = torch.full(
             (n, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device
         )
@@ -369,6 +371,27 @@ def _fused(*linears) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight, torch.cat(biases)
 
 
+def _transpose_pays(head: torch.nn.Linear, max_new_tokens: int) -> bool:
+    """A (rows <= 64) x H @ H x V product is 1.6x faster from a contiguous H x V copy of the
+    weight on CPU (measured 23 vs 36 ms at V=151936); the copy (150 ms) pays after ~12 steps."""
+    return (
+        head.weight.device.type == "cpu" and head.weight.numel() >= 2**22 and max_new_tokens >= 16
+    )
+
+
+class _TransposedHead:
+    """`head(hidden)` from a contiguous transposed copy of the head's weight, made once."""
+
+    def __init__(self, head: torch.nn.Linear):
+        self.weight_t = head.weight.t().contiguous()
+        self.bias = head.bias
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return hidden @ self.weight_t
+        return torch.addmm(self.bias, hidden, self.weight_t)
+
+
 def _categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One draw per row from unnormalised `probs` (N, V), by inverse CDF in float64.
 
@@ -376,7 +399,7 @@ def _categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     variates per row (60 ms a step at V=151936, 16 rows): this draws one uniform per row and
     does one cumulative sum. A zero-probability token can never be drawn (its CDF step is empty).
     """
-    cdf = probs.to(torch.float64).cumsum(dim=-1)
+    cdf = probs.cumsum(dim=-1, dtype=torch.float64)
     u = torch.rand(
         (probs.shape[0], 1), dtype=torch.float64, device=probs.device, generator=generator
     )
