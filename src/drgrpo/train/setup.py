@@ -104,7 +104,9 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     opt = cfg.optim
     optimizer = torch.optim.AdamW(
         policy.parameters(), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay,
-        foreach=device.type == "cuda" or None,
+        # One fused kernel over all parameters: 4-5x faster than the per-tensor loop on CPU
+        # (26 -> 6 ms a step for the 10.5M model, benchmarks/README.md).
+        fused=device.type in ("cpu", "cuda"),
     )  # fmt: skip
     total = cfg.steps * opt.updates_per_rollout * opt.mini_batches
     scheduler = torch.optim.lr_scheduler.LambdaLR(
