@@ -113,6 +113,8 @@ def drgrpo_overrides(spec: StepSpec, output_dir: str) -> list[str]:
         f"optim.lr={spec.lr}", "optim.weight_decay=0.0", "optim.max_grad_norm=1.0",
         "optim.updates_per_rollout=1", "optim.mini_batches=1", "optim.micro_batch_size=0",
         "log_samples_every=0", "checkpoint_every=0", "no_eos_patience=1000000000",
+        # TRL computes no KL at beta=0; drgrpo's default KL monitor would add a reference forward.
+        "monitor_kl=false",
     ]  # fmt: skip
 
 

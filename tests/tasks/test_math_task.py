@@ -161,7 +161,7 @@ def test_format_reward_needs_an_answer():
     assert task.verify("\\boxed{5}", "5") == 1.0
 
 
-@pytest.mark.timeout(30)  # without the deadline these run for minutes
+@pytest.mark.timeout(30, method="thread")  # without the deadline these run for minutes
 @pytest.mark.parametrize("answer", ["9^{9^{9}}", "100!!", "\\binom{10^9}{10^5}"])
 def test_main_thread_deadline_stops_expensive_answers(answer):
     task = MathTask(path=str(SAMPLE), timeout_s=0.2)

@@ -85,7 +85,8 @@ def plot_curves(data: dict, folder: Path) -> list[str]:
         ax.set_title(label)
         ax.set_xlabel("RL step")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a metric no run logged has nothing to label
+            ax.legend(fontsize=8)
         name = metric.replace("/", "_") + ".png"
         fig.tight_layout()
         fig.savefig(folder / name, dpi=110)

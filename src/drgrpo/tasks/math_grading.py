@@ -1,7 +1,9 @@
 """Answer extraction and equivalence for the math task, with math_verify under a time limit.
 
 sympy can spend minutes on a ten-character answer (`9^{9^{9}}`, `100!!`), so every comparison
-runs under a deadline. The deadline is a SIGALRM timer, which only the main thread may set; in
+runs under a deadline (`drgrpo.tasks.deadline`: a repeating SIGALRM timer, so a deadline that lands
+inside a garbage-collector callback and is dropped there fires again). Only the main thread may
+set it; in
 any other thread the comparison runs without it, and answers that look expensive are instead
 compared as plain strings (a conservative fallback: it may miss an equivalent exotic answer,
 but it cannot hang).
@@ -9,14 +11,11 @@ but it cannot hang).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import re
-import signal
-import threading
-import time
-from collections.abc import Iterator
+
+from drgrpo.tasks.deadline import can_use_alarm, time_limit
 
 MAX_MATH_CHARS = 100_000
 """Longer completions score 0.0 unread (long chains of thought stay well below this)."""
@@ -95,10 +94,10 @@ def answers_match(answer: str, reference: str, timeout_s: float) -> bool:
         return False
     if _normalize(answer) == _normalize(reference):
         return True
-    if not _can_use_signals():
+    if not can_use_alarm():
         return not _looks_expensive(answer) and _sympy_match(answer, reference)
     try:
-        with _time_limit(timeout_s):
+        with time_limit(timeout_s, _Deadline):
             return _sympy_match(answer, reference)
     except _Deadline:
         return False
@@ -121,38 +120,6 @@ def _parse_gold(reference: str) -> list:
     return load_math_verify().parse(
         "\\boxed{" + reference + "}", _extraction_config(), parsing_timeout=None
     )
-
-
-def _can_use_signals() -> bool:
-    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-
-
-@contextlib.contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise _Deadline in the body after `seconds`; restore any timer that was already set
-    (pytest-timeout, for one, uses SIGALRM too)."""
-
-    def on_alarm(signum: int, frame: object) -> None:
-        raise _Deadline
-
-    old_handler = signal.signal(signal.SIGALRM, on_alarm)
-    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
-    started = time.monotonic()
-    try:
-        yield
-    finally:
-        # An alarm that fired just before it was cancelled still runs its handler at the next
-        # bytecode; retry so the old handler is always restored.
-        while True:
-            try:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, old_handler)
-                break
-            except _Deadline:
-                continue
-        if old_delay > 0:
-            left = max(old_delay - (time.monotonic() - started), 1e-3)
-            signal.setitimer(signal.ITIMER_REAL, left, old_interval)
 
 
 @functools.cache

@@ -3,8 +3,8 @@
 A verifier that raises scores 0; one that exceeds the time limit scores 0 too. Both are counted
 and the completion is kept for the log, so a broken reward function is visible, not silent.
 
-The time limit is a SIGALRM timer when scoring runs in the main thread (the normal case): the
-verifier runs in place, so verifiers that set their own alarm-based deadlines (math-verify) keep
+The time limit is a SIGALRM timer when scoring runs in the main thread (the normal case; it repeats
+until the verifier gives up, see `drgrpo.tasks.deadline`): the verifier runs in place, so verifiers that set their own alarm-based deadlines (math-verify) keep
 working. Elsewhere (a worker thread, or a platform without setitimer) the call runs in a helper
 thread that is abandoned on time-out, since Python cannot kill a thread.
 """
@@ -12,12 +12,12 @@ thread that is abandoned on time-out, since Python cannot kill a thread.
 from __future__ import annotations
 
 import math
-import signal
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+
+from drgrpo.tasks.deadline import can_use_alarm, time_limit
 
 
 class RewardTimeout(BaseException):
@@ -71,21 +71,10 @@ class RewardScorer:
         return value
 
     def _call(self, completion: str, reference: str) -> float:
-        if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
-            return self._call_with_alarm(completion, reference)
+        if can_use_alarm():
+            with time_limit(self.timeout_s, RewardTimeout):
+                return self.verify(completion, reference)
         return self._call_in_thread(completion, reference)
-
-    def _call_with_alarm(self, completion: str, reference: str) -> float:
-        def expire(signum, frame):
-            raise RewardTimeout
-
-        previous = signal.signal(signal.SIGALRM, expire)
-        signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
-        try:
-            return self.verify(completion, reference)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
 
     def _call_in_thread(self, completion: str, reference: str) -> float:
         if self._pool is None:
