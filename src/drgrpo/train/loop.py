@@ -41,7 +41,8 @@ def rl_step(run: Run, step: int) -> dict:
     ]
     run.state["data_pos"] += len(examples)
     k = cfg.rollout.group_size
-    prompts = [run.encode_prompt(ex.prompt) for ex in examples for _ in range(k)]
+    encoded = [run.encode_prompt(ex.prompt) for ex in examples]
+    prompts = [ids for ids in encoded for _ in range(k)]
     references = [ex.reference for ex in examples for _ in range(k)]
     with run.autocast():
         rollouts = run.engine.generate(
