@@ -1,12 +1,11 @@
 """Answer extraction and equivalence for the math task, with math_verify under a time limit.
 
 sympy can spend minutes on a ten-character answer (`9^{9^{9}}`, `100!!`), so every comparison
-runs under a deadline (`drgrpo.tasks.deadline`: a repeating SIGALRM timer, so a deadline that lands
-inside a garbage-collector callback and is dropped there fires again). Only the main thread may
-set it; in
-any other thread the comparison runs without it, and answers that look expensive are instead
-compared as plain strings (a conservative fallback: it may miss an equivalent exotic answer,
-but it cannot hang).
+runs under a deadline (`drgrpo.tasks.deadline`: a repeating SIGALRM timer, so a deadline that
+lands inside a garbage-collector callback and is dropped there fires again). Only the main
+thread may set it; in any other thread the comparison runs without it, and answers that look
+expensive are instead compared as plain strings (a conservative fallback: it may miss an
+equivalent exotic answer, but it cannot hang).
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 A verifier that raises scores 0; one that exceeds the time limit scores 0 too. Both are counted
 and the completion is kept for the log, so a broken reward function is visible, not silent.
 
-The time limit is a SIGALRM timer when scoring runs in the main thread (the normal case; it repeats
-until the verifier gives up, see `drgrpo.tasks.deadline`): the verifier runs in place, so verifiers that set their own alarm-based deadlines (math-verify) keep
-working. Elsewhere (a worker thread, or a platform without setitimer) the call runs in a helper
-thread that is abandoned on time-out, since Python cannot kill a thread.
+The time limit is a SIGALRM timer when scoring runs in the main thread (the normal case; it
+repeats until the verifier gives up, see `drgrpo.tasks.deadline`): the verifier runs in place,
+so verifiers that set their own alarm-based deadlines (the math task's) keep working. Elsewhere
+(a worker thread, or a platform without setitimer) the call runs in a helper thread that is
+abandoned on time-out, since Python cannot kill a thread.
 """
 
 from __future__ import annotations
