@@ -143,9 +143,17 @@ def test_vocabulary_tiles_equal_whole_logits(model64, monkeypatch, temperature):
     """A large vocabulary is cut into tiles with an online log-sum-exp (and entropy): with tiles
     of 7 columns over V=100 (15 tiles, the last one ragged) it must give the whole-row numbers,
     the head bias and the entropy's gradient included."""
+    # model64 is shared by the session: the bias comes off again at the end.
     model64.lm_head.bias = torch.nn.Parameter(
         torch.linspace(-1, 1, model64.config.vocab_size, dtype=torch.float64)
     )
+    try:
+        _check_tiles_against_whole_logits(model64, monkeypatch, temperature)
+    finally:
+        model64.lm_head.bias = None
+
+
+def _check_tiles_against_whole_logits(model64, monkeypatch, temperature):
     ids, mask, p = ragged_batch(6, 5, 9, seed=5)
     params = [q for q in model64.parameters() if q.requires_grad]
     weights = torch.randn(ids.shape[0], ids.shape[1] - p, dtype=torch.float64,
