@@ -12,8 +12,8 @@ advantages, reference log-probs) and then scores TRL's batch with both libraries
    `accumulate_gradients` (the trainer's own micro-batch path, normalizer from `normalizer_for`).
    Loss: relative difference <= 1e-5; gradient: ||g_trl - g_drgrpo|| / ||g_trl|| <= 1e-5.
 
-Measured on tiny-16: loss 1.5e-6, gradient 3.5e-7 (both also within 4e-7 of a float64 full-logits
-computation). The check is sharp: with TRL's default `use_bias_correction_kl=True` (the k3 term
+Measured on tiny-16 (results/latest.json): loss 5.9e-7, gradient 4.6e-7 relative (both also within
+4e-7 of a float64 full-logits computation). The check is sharp: with TRL's default `use_bias_correction_kl=True` (the k3 term
 multiplied by the ratio, whose gradient is not 1) the gradient differs by 2.8e-3 and it fails.
 
 The tolerances are float32 round-off for sums over a few thousand tokens (the two libraries
@@ -24,9 +24,7 @@ check's reward is the share of digits in the completion, given to both libraries
 
 from __future__ import annotations
 
-import os
 import tempfile
-import traceback
 
 LOSS_RTOL = 1e-5
 GRAD_RTOL = 1e-5
@@ -36,17 +34,6 @@ REF_ATOL = 1e-5
 
 def digit_share(prompts, completions, **kwargs):
     return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
-
-
-def check_main(conn, spec_dict: dict) -> None:
-    """Entry point of the spawned check process; sends back a dict of measured differences."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        conn.send(check_agreement(spec_dict))
-    except BaseException:  # noqa: BLE001 - the parent prints it
-        conn.send({"error": traceback.format_exc()})
-    finally:
-        conn.close()
 
 
 def check_agreement(spec_dict: dict) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -23,39 +22,33 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.workers import StepSpec
+from benchmarks.workers import StepSpec, call_in_subprocess
+from drgrpo.models.tiny import MODEL_SIZES
 
 RESULTS = Path(__file__).parent / "results" / "scaling.json"
 
 
-def time_steps(conn, spec_dict: dict, warmup: int, repeats: int) -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    import torch
-    from rich.console import Console
+def time_steps(spec: StepSpec, warmup: int, repeats: int) -> dict:
+    """Median step time of drgrpo's RL step, timed exactly as vs_trl.py times it."""
+    from benchmarks.vs_trl import Worker
 
-    from benchmarks.workers import drgrpo_overrides
-    from drgrpo.config import build_config
-    from drgrpo.train.loop import rl_step
-    from drgrpo.train.setup import build_run
-
-    spec = StepSpec(**spec_dict)
-    torch.set_num_threads(spec.threads)
-    cfg = build_config(overrides=drgrpo_overrides(spec, tempfile.mkdtemp(prefix="bench-scale-")))
-    run = build_run(cfg, resume=False, console=Console(quiet=True))
-    times, lengths = [], []
-    for step in range(1, warmup + repeats + 1):
-        metrics = rl_step(run, step)
-        if step > warmup:
-            times.append(metrics["perf/step_s"])
-            lengths.append(metrics["rollout/len_mean"])
-    conn.send({"step_s": statistics.median(times), "len_mean": statistics.fmean(lengths)})
-    conn.close()
+    worker = Worker("drgrpo", spec)
+    try:
+        for _ in range(warmup):
+            worker.step()
+        steps = [worker.step() for _ in range(repeats)]
+        worker.close()
+    finally:
+        if worker.proc.is_alive():
+            worker.proc.kill()
+    lengths = [c for step in steps for _, c in step["rows"]]
+    return {"step_s": statistics.median(s["step_s"] for s in steps),
+            "len_mean": statistics.fmean(lengths)}  # fmt: skip
 
 
-def decode_profile(conn, model_dir: str, rows: int, tokens: int, threads: int) -> None:
+def decode_profile(model_dir: str, rows: int, tokens: int, threads: int) -> dict:
     """Seconds of each decode step of one rollout in which no row ever stops, and the seconds
     of attention (scaled_dot_product_attention calls) inside each step."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
 
     from drgrpo.models import load_policy
@@ -77,37 +70,32 @@ def decode_profile(conn, model_dir: str, rows: int, tokens: int, threads: int) -
         attention.append((t0, time.perf_counter() - t0))
         return out
 
+    # One stamp per decode step, whatever the head is (a large one is replaced by a transposed
+    # copy inside the engine, so a hook on lm_head would never fire).
+    sample = engine._sample
+
+    def stamped_sample(*args, **kwargs):
+        stamps.append(time.perf_counter())
+        return sample(*args, **kwargs)
+
     torch.nn.functional.scaled_dot_product_attention = timed_sdpa
-    hook = model.lm_head.register_forward_hook(lambda *a: stamps.append(time.perf_counter()))
+    engine._sample = stamped_sample
     prompts = [[tokenizer.bos_token_id] + tokenizer.encode("12+34+56=")] * rows
     engine.generate(prompts, max_new_tokens=tokens, seed=0)  # warm-up
     stamps.clear()
     attention.clear()
     engine.generate(prompts, max_new_tokens=tokens, seed=0)
-    hook.remove()
     torch.nn.functional.scaled_dot_product_attention = sdpa
     steps, attn = [], []
     for a, b in zip(stamps, stamps[1:], strict=False):
         steps.append(b - a)
         attn.append(sum(dt for t0, dt in attention if a <= t0 < b))
-    conn.send({"step_s": steps, "attention_s": attn, "prompt_len": len(prompts[0])})
-    conn.close()
-
-
-def spawn(target, *args) -> dict:
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=target, args=(child, *args))
-    proc.start()
-    child.close()
-    result = parent.recv()
-    proc.join()
-    return result
+    return {"step_s": steps, "attention_s": attn, "prompt_len": len(prompts[0])}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default="small")
+    parser.add_argument("--size", default="small", choices=list(MODEL_SIZES))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", default=str(RESULTS))
@@ -124,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 "2T": {**base, "max_new_tokens": 64}}  # fmt: skip
     out: dict = {"size": args.size, "threads": args.threads, "variants": {}}
     for name, v in variants.items():
-        spec = StepSpec(model_dir=str(folder), kl_coef=0.04, threads=args.threads,
-                        max_steps=warmup + repeats + 1, **v)  # fmt: skip
-        out["variants"][name] = {**v, **spawn(time_steps, spec.to_dict(), warmup, repeats)}
+        spec = StepSpec(model_dir=str(folder), kl_coef=0.04, threads=args.threads, **v)
+        out["variants"][name] = {**v, **time_steps(spec, warmup, repeats)}
         console.print(f"{name}: {out['variants'][name]}")
     base_s = out["variants"]["base"]["step_s"]
     for name in ("2K", "2B", "2T"):
@@ -134,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         out["variants"][name]["ratio"] = ratio
         out["variants"][name]["goal_met"] = ratio <= 2.2
     rows, tokens = 64, 128
-    profile = spawn(decode_profile, str(folder), rows, tokens, args.threads)
+    profile = call_in_subprocess(decode_profile, str(folder), rows, tokens, args.threads)
     steps, attn = profile["step_s"], profile["attention_s"]
     other = [s - a for s, a in zip(steps, attn, strict=True)]
 

@@ -35,7 +35,7 @@ from importlib import metadata
 from pathlib import Path
 
 from benchmarks.flops import Arch, rl_step_flops
-from benchmarks.workers import StepSpec
+from benchmarks.workers import StepSpec, call_in_subprocess
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 
@@ -211,18 +211,12 @@ def model_folder(size: str, work: Path) -> Path:
 
 
 def run_check(spec: StepSpec) -> dict:
-    from benchmarks.agreement import check_main
+    from benchmarks.agreement import check_agreement
 
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=check_main, args=(child, spec.to_dict()))
-    proc.start()
-    child.close()
     try:
-        result = parent.recv()
-    finally:
-        proc.join()
-    return {"ok": False, **result} if "error" in result else result
+        return call_in_subprocess(check_agreement, spec.to_dict())
+    except RuntimeError as e:
+        return {"ok": False, "error": str(e)}
 
 
 class Worker:
@@ -350,6 +344,28 @@ def write(results: dict, path: str) -> None:
     Path(path).write_text(json.dumps(results, indent=2) + "\n")
 
 
+def table_rows(results: dict):
+    """(config name or "", the entry of one KL coefficient, goal met or None, goal text) per row:
+    each config's headline KL first, then its other KL coefficients (stored as "kl<coef>")."""
+    for name, entry in results["configs"].items():
+        others = [v for k, v in entry.items() if k.startswith("kl") and isinstance(v, dict)]
+        goal = entry.get("goal") or {}
+        wanted = ", ".join(f"{k} {v:g}" for k, v in goal.items())
+        yield name, entry, (entry["goal_met"] if goal else None), wanted
+        for other in others:
+            yield "", other, None, ""
+
+
+def _cells(e: dict) -> list[str]:
+    return [
+        f"{e['kl_coef']:g}", f"{e['trl_step_s']:.3f}", f"{e['drgrpo_step_s']:.3f}",
+        f"{e['trl_rollout_tok_s']:.0f} / {e['drgrpo_rollout_tok_s']:.0f}",
+        f"{e['trl_train_tok_s']:.0f} / {e['drgrpo_train_tok_s']:.0f}",
+        f"{e['trl_peak_mb']:.0f} / {e['drgrpo_peak_mb']:.0f}",
+        f"{e['trl_mfu']:.0%} / {e['drgrpo_mfu']:.0%}",
+    ]  # fmt: skip
+
+
 def markdown_table(results: dict) -> str:
     """The results as a Markdown table (benchmarks/README.md), one row per config and KL."""
     lines = [
@@ -357,23 +373,12 @@ def markdown_table(results: dict) -> str:
         "| train tok/s TRL / drgrpo | peak MB TRL / drgrpo | MFU TRL / drgrpo | goal |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, entry in results["configs"].items():
-        variants = [(entry, True)] + [(v, False) for k, v in entry.items()
-                                      if k.startswith("kl") and isinstance(v, dict)]  # fmt: skip
-        for e, headline in variants:
-            goal = ""
-            if headline and entry.get("goal"):
-                wanted = ", ".join(f"{k} {v:g}" for k, v in entry["goal"].items())
-                goal = f"{'met' if entry['goal_met'] else '**missed**'} ({wanted})"
-            pairs = ", ".join(f"{r:.2f}" for r in e["speedup_all"])
-            lines.append(
-                f"| {name if headline else ''} | {e['kl_coef']:g} | {e['trl_step_s']:.3f} "
-                f"| {e['drgrpo_step_s']:.3f} | **{e['speedup']:.2f}x** ({pairs}) "
-                f"| {e['trl_rollout_tok_s']:.0f} / {e['drgrpo_rollout_tok_s']:.0f} "
-                f"| {e['trl_train_tok_s']:.0f} / {e['drgrpo_train_tok_s']:.0f} "
-                f"| {e['trl_peak_mb']:.0f} / {e['drgrpo_peak_mb']:.0f} "
-                f"| {e['trl_mfu']:.0%} / {e['drgrpo_mfu']:.0%} | {goal} |"
-            )
+    for name, e, met, wanted in table_rows(results):
+        kl, trl, ours, *rest = _cells(e)
+        pairs = ", ".join(f"{r:.2f}" for r in e["speedup_all"])
+        goal = "" if met is None else f"{'met' if met else '**missed**'} ({wanted})"
+        cells = [name, kl, trl, ours, f"**{e['speedup']:.2f}x** ({pairs})", *rest, goal]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -386,22 +391,10 @@ def print_table(results: dict, console) -> None:
     for column in ("config", "KL", "TRL s/step", "drgrpo s/step", "speedup", "rollout tok/s\nTRL / drgrpo",
                    "train tok/s\nTRL / drgrpo", "peak MB\nTRL / drgrpo", "MFU\nTRL / drgrpo", "goal"):  # fmt: skip
         table.add_column(column, justify="right")
-    for name, entry in results["configs"].items():
-        variants = [(entry, True)] + [(v, False) for k, v in entry.items() if k.startswith("kl")
-                                      and isinstance(v, dict)]  # fmt: skip
-        for e, headline in variants:
-            goal = ""
-            if headline and entry.get("goal"):
-                mark = "[green]met" if entry["goal_met"] else "[red]missed"
-                goal = f"{mark}[/] ({', '.join(f'{k} {v:g}' for k, v in entry['goal'].items())})"
-            table.add_row(
-                name if headline else "", f"{e['kl_coef']:g}",
-                f"{e['trl_step_s']:.3f}", f"{e['drgrpo_step_s']:.3f}", f"{e['speedup']:.2f}x",
-                f"{e['trl_rollout_tok_s']:.0f} / {e['drgrpo_rollout_tok_s']:.0f}",
-                f"{e['trl_train_tok_s']:.0f} / {e['drgrpo_train_tok_s']:.0f}",
-                f"{e['trl_peak_mb']:.0f} / {e['drgrpo_peak_mb']:.0f}",
-                f"{e['trl_mfu']:.0%} / {e['drgrpo_mfu']:.0%}", goal,
-            )  # fmt: skip
+    for name, e, met, wanted in table_rows(results):
+        kl, trl, ours, *rest = _cells(e)
+        goal = "" if met is None else f"{'[green]met' if met else '[red]missed'}[/] ({wanted})"
+        table.add_row(name, kl, trl, ours, f"{e['speedup']:.2f}x", *rest, goal)
     console.print(table)
 
 

@@ -16,6 +16,7 @@ reference log-probs (when the KL term needs them), advantages, forward/backward,
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import resource
 import tempfile
@@ -41,6 +42,35 @@ class StepSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def call_in_subprocess(fn, *args):
+    """`fn(*args)` in a freshly spawned process (its own memory peak, a clean torch); returns what
+    it returns, or raises RuntimeError with the child's traceback (or exit code, if it died)."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_call_entry, args=(child, fn, args))
+    proc.start()
+    child.close()
+    try:
+        message = parent.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"{fn.__name__} process died (exit code {proc.exitcode})") from None
+    proc.join()
+    if "error" in message:
+        raise RuntimeError(f"{fn.__name__} failed in its process:\n{message['error']}")
+    return message["result"]
+
+
+def _call_entry(conn, fn, args) -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        conn.send({"result": fn(*args)})
+    except BaseException:  # noqa: BLE001 - the parent raises it
+        conn.send({"error": traceback.format_exc()})
+    finally:
+        conn.close()
 
 
 def rss_peak_mb() -> float:
@@ -150,7 +180,7 @@ def trl_tokenizer(model_dir: str):
     """The same character tokenizer, set to prepend BOS when asked for special tokens.
 
     TRL tokenizes plain-text prompts with `tokenizer(text=prompts)`; drgrpo writes BOS itself. With
-    this post-processor both see exactly [BOS] + characters (checked by `check_same_prompts`).
+    this post-processor both see exactly [BOS] + characters (checked by `agreement.check_agreement`).
     """
     from tokenizers import processors
     from transformers import AutoTokenizer
