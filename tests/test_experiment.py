@@ -62,3 +62,36 @@ def test_report_table_is_computed_from_the_metrics_it_names(lineage_report):
         assert (report / name).is_file()
     ratios = result["length_penalty_ratio"]
     assert set(ratios) >= {"note"} or {"grpo", "dr_grpo"} <= set(ratios)
+
+
+def _fake_run(folder: Path, rewards: list[float]) -> Path:
+    folder.mkdir(parents=True)
+    rows = [{"step": i + 1, "reward/mean": r, "policy/kl": None} for i, r in enumerate(rewards)]
+    rows.insert(3, {"step": 3, "eval/accuracy": 0.5})  # an eval row has no per-step metrics
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "summary.json").write_text(json.dumps({"final_accuracy": 0.7, "base_accuracy": 0.4}))
+    return folder
+
+
+def test_final_values_average_the_first_and_last_window(tmp_path):
+    rewards = [float(i) for i in range(12)]  # longer than two windows of FINAL_WINDOW=5
+    values = final_values(str(_fake_run(tmp_path / "run", rewards)))
+    assert values["reward/mean (start)"] == pytest.approx(2.0)  # mean of 0..4
+    assert values["reward/mean"] == pytest.approx(9.0)  # mean of 7..11
+    assert values["policy/kl"] is None and values["policy/kl (start)"] is None
+    assert (values["eval/accuracy"], values["base accuracy"]) == (0.7, 0.4)
+
+
+def test_the_report_keeps_its_numbers_without_matplotlib(tmp_path, monkeypatch):
+    from drgrpo.experiments import report
+
+    def no_matplotlib(*args, **kwargs):
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(report, "plot_curves", no_matplotlib)
+    run = _fake_run(tmp_path / "runs" / "grpo-s0", [0.1, 0.2, 0.3])
+    runs = [{"preset": "grpo", "seed": 0, "dir": str(run)}]
+    report.write_report(tmp_path, runs, penalty={"note": "n/a"}, sft_control=None, size={})
+    saved = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert saved["final"]["grpo"]["reward/mean"]["mean"] == pytest.approx(0.2)
+    assert "pip install 'drgrpo[plot]'" in (tmp_path / "report" / "summary.md").read_text()

@@ -8,6 +8,7 @@ import json
 import statistics
 from pathlib import Path
 
+from drgrpo.plot import series
 from drgrpo.train.logging import read_metrics
 
 METRICS = {
@@ -24,11 +25,11 @@ def curves(runs: list[dict]) -> dict:
     """{metric: {preset: {step: [value per seed]}}} from each run's metrics.jsonl."""
     out: dict = {m: {} for m in METRICS}
     for run in runs:
-        for row in read_metrics(run["dir"]):
-            for metric in METRICS:
-                if row.get(metric) is not None:
-                    by_step = out[metric].setdefault(run["preset"], {})
-                    by_step.setdefault(row["step"], []).append(row[metric])
+        rows = read_metrics(run["dir"])
+        for metric in METRICS:
+            by_step = out[metric].setdefault(run["preset"], {})
+            for step, value in zip(*series(rows, metric), strict=True):
+                by_step.setdefault(step, []).append(value)
     return out
 
 
@@ -37,10 +38,9 @@ def final_values(run_dir: str) -> dict:
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
     out = {"eval/accuracy": summary["final_accuracy"], "base accuracy": summary["base_accuracy"]}
     for metric in ("rollout/len_correct", "rollout/len_incorrect", "reward/mean", "policy/kl"):
-        values = [r[metric] for r in rows if r.get(metric) is not None][-FINAL_WINDOW:]
-        out[metric] = statistics.fmean(values) if values else None
-        first = [r[metric] for r in rows if r.get(metric) is not None][:FINAL_WINDOW]
-        out[metric + " (start)"] = statistics.fmean(first) if first else None
+        values = series(rows, metric)[1]
+        out[metric] = statistics.fmean(values[-FINAL_WINDOW:]) if values else None
+        out[metric + " (start)"] = statistics.fmean(values[:FINAL_WINDOW]) if values else None
     return out
 
 
@@ -99,11 +99,14 @@ def write_report(output: Path, runs: list[dict], *, penalty: dict, sft_control: 
                  size: dict) -> dict:  # fmt: skip
     folder = Path(output) / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    final = table(runs)
-    plots = plot_curves(curves(runs), folder)
-    result = {"size": size, "runs": runs, "final": final, "length_penalty_ratio": penalty,
+    result = {"size": size, "runs": runs, "final": table(runs), "length_penalty_ratio": penalty,
               "sft_control": _sft_row(sft_control)}  # fmt: skip
+    # The numbers first: a missing plotting extra must not lose an experiment's results.
     (folder / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    try:
+        plots = plot_curves(curves(runs), folder)
+    except ImportError:
+        plots = []
     (folder / "summary.md").write_text(render_markdown(result, plots))
     return result
 
@@ -111,7 +114,7 @@ def write_report(output: Path, runs: list[dict], *, penalty: dict, sft_control: 
 def _sft_row(sft: dict | None) -> dict | None:
     if not sft:
         return None
-    ev = sft.get("eval") or sft.get("final_eval") or {}
+    ev = sft.get("eval") or {}
     return {"accuracy": ev.get("accuracy"), "greedy_accuracy": ev.get("greedy_accuracy"),
             "len_correct": ev.get("len_correct"), "len_incorrect": ev.get("len_incorrect"),
             "seconds": sft.get("seconds"), "steps": sft.get("steps")}  # fmt: skip
@@ -147,7 +150,9 @@ def render_markdown(result: dict, plots: list[str]) -> str:
     lines += ["", "## What the numbers show", ""] + _observations(
         final, result["length_penalty_ratio"]
     )
-    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    lines += ["", "## Plots", ""] + (
+        [f"![{p}]({p})" for p in plots] or ["(none: pip install 'drgrpo[plot]' for matplotlib)"]
+    )
     return "\n".join(lines) + "\n"
 
 
