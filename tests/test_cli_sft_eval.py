@@ -32,7 +32,14 @@ def test_sft_writes_the_resolved_config(sft_dir):
     assert json.loads((sft_dir / "sft_summary.json").read_text())["steps"] == 5
 
 
-def test_eval_json_has_the_metrics(sft_dir, capsys):
+def test_eval_json_has_the_metrics(sft_dir, capsys, monkeypatch):
+    import drgrpo.tasks
+
+    made = []
+    make_task = drgrpo.tasks.make_task
+    monkeypatch.setattr(
+        drgrpo.tasks, "make_task", lambda *a, **k: made.append((a, k)) or make_task(*a, **k)
+    )
     capsys.readouterr()
     code = main(["eval", str(sft_dir), "--task", "arithmetic", "--json", "--num-prompts", "8",
                  "--num-samples", "2", "--max-new-tokens", "24", "--task-option", "k_max=3"])  # fmt: skip
@@ -42,9 +49,10 @@ def test_eval_json_has_the_metrics(sft_dir, capsys):
     assert out["num_prompts"] == 8 and out["num_samples"] == 2
     assert set(out["pass_at_k"]) == {"1", "2"}
     assert 0 <= out["accuracy"] <= 1 and 0 <= out["greedy_accuracy"] <= 1
-    # 5 steps teach little: most samples run to the 24-token cap.
     assert 0 <= out["truncated_frac"] <= 1
+    assert 0 < out["len_mean"] <= 24  # --max-new-tokens reached the sampler
     assert out["task_options"] == {"k_max": 3}
+    assert made == [(("arithmetic",), {"k_max": 3})]  # ...and --task-option reached the task
 
 
 def test_eval_table(sft_dir, capsys):
@@ -85,5 +93,5 @@ def test_eval_on_a_missing_gpu_is_one_clear_line(sft_dir, capsys):
 def test_sft_help_config_lists_every_field_with_its_default(capsys):
     assert main(["sft", "--help-config"]) == 0
     out = capsys.readouterr().out
-    for name in SFTConfig().to_dict():
-        assert f"  {name} = " in out
+    for name, value in SFTConfig().to_dict().items():
+        assert f"  {name} = {value!r}\n" in out

@@ -47,8 +47,15 @@ def model(request, tokenizer):
     return eos_biased(qwen2(), 1.5)
 
 
-def test_fast_path_is_taken_for_llama_and_qwen2(model):
+def test_fast_path_is_taken_for_llama_and_qwen2(model, monkeypatch):
     assert _LlamaStepper.supports(model)
+    built = []
+    init = _LlamaStepper.__init__
+    monkeypatch.setattr(
+        _LlamaStepper, "__init__", lambda self, *a, **k: built.append(1) or init(self, *a, **k)
+    )
+    HFRolloutEngine(model, EOS, PAD).generate(PROMPTS, max_new_tokens=3, temperature=0)
+    assert built == [1]
 
 
 def test_greedy_equals_the_models_own_forward(model):
@@ -94,12 +101,27 @@ def test_finished_rows_leave_the_batch(tokenizer):
     assert sizes[-1] < 40
 
 
-def test_unsupported_models_take_the_generic_path(tokenizer):
+def test_unsupported_models_take_the_generic_path(tokenizer, monkeypatch):
     model = llama(tokenizer)
     model.config.model_type = "something-else"
     assert not _LlamaStepper.supports(model)
-    out = HFRolloutEngine(model, EOS, PAD).generate(PROMPTS, max_new_tokens=5, temperature=0)
-    assert out.response_ids.shape == (5, 5)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fast stepper was used for an unsupported model")
+
+    monkeypatch.setattr(_LlamaStepper, "__init__", refuse)
+    sizes = []
+    hook = model.get_decoder().embed_tokens.register_forward_hook(
+        lambda m, args, out: sizes.append(out.shape[0])
+    )
+    try:
+        out = HFRolloutEngine(model, EOS, PAD).generate(
+            PROMPTS * 2, max_new_tokens=5, temperature=0
+        )
+    finally:
+        hook.remove()
+    assert out.response_ids.shape == (10, 5)
+    assert sizes == [10] * 5  # every row prefilled and stepped: no sharing, no dropping
 
 
 def test_transposed_head_copy_gives_the_same_rollout(model, monkeypatch):
