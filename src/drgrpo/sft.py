@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from drgrpo.config import SFTConfig
 from drgrpo.evaluate import evaluate, format_eval_table
 from drgrpo.models import build_model, build_tokenizer, load_policy, save_policy
 from drgrpo.rollout import HFRolloutEngine
+from drgrpo.schedule import lr_lambda
 from drgrpo.tasks import make_task
 
 WARMUP_STEPS = 20
@@ -119,10 +119,7 @@ def response_token_losses(model, batch: SFTBatch) -> torch.Tensor:
 
 def lr_factor(step: int, total: int, warmup: int = WARMUP_STEPS) -> float:
     """Multiplier of the peak lr at optimizer step `step` (0-based): warm-up, then cosine to 10%."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress))
+    return lr_lambda(total, warmup, "cosine", min_fraction=MIN_LR_FRACTION)(step)
 
 
 def load_start(cfg: SFTConfig):

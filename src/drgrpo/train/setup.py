@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from rich.console import Console
 
 from drgrpo.config import TrainConfig
 from drgrpo.rollout import HFRolloutEngine, Rollouts
+from drgrpo.schedule import lr_lambda
 from drgrpo.tasks import Task, make_task
 from drgrpo.train.checkpoint import (
     check_compatible,
@@ -67,20 +67,6 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"model.device={name!r} but no CUDA GPU is visible: use model.device=cpu")
     return torch.device(name)
-
-
-def lr_lambda(total_steps: int, warmup: int, schedule: str) -> Callable[[int], float]:
-    def factor(i: int) -> float:
-        if warmup and i < warmup:
-            return (i + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (i - warmup) / max(1, total_steps - warmup))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
