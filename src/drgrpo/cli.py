@@ -205,18 +205,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    import yaml
-
-    from drgrpo.config import EvalConfig
+    from drgrpo.config import EvalConfig, parse_assignment
     from drgrpo.evaluate import evaluate, format_eval_table
     from drgrpo.tasks import make_task
 
-    options = {}
-    for item in args.task_option:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--task-option {item!r} must look like key=value")
-        options[key.strip()] = yaml.safe_load(text)
+    options = dict(
+        parse_assignment(item, "--task-option", "key=value") for item in args.task_option
+    )
     task = make_task(args.task, **options)
     ks = tuple(sorted({1, 4, args.num_samples} & set(range(1, args.num_samples + 1))))
     # EvalConfig validates the numbers (positive counts, each k within num_samples).

@@ -298,12 +298,18 @@ def _read_mapping(file: str | Path | None) -> dict:
     return loaded
 
 
+def parse_assignment(item: str, what: str = "override", shape: str = "section.field=value"):
+    """("key", value) from "key=value", the value read as YAML (so 3 is an int, [1, 4] a list)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"{what} {item!r} must look like {shape}")
+    return key.strip(), yaml.safe_load(text)
+
+
 def _apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> None:
     for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} must look like section.field=value")
-        _set_dotted(raw, key.strip().replace("-", "_"), yaml.safe_load(text))
+        key, value = parse_assignment(item)
+        _set_dotted(raw, key.replace("-", "_"), value)
 
 
 def config_from_dict(raw: dict) -> TrainConfig:
