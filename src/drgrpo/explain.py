@@ -15,6 +15,24 @@ LENGTH_PRESETS = ("grpo", "dapo", "dr_grpo")
 ADVANTAGE_PRESETS = ("grpo", "dr_grpo", "rloo", "dapo", "reinforce")
 
 
+def token_grads(
+    spec, advantages: torch.Tensor, response_mask: torch.Tensor, max_tokens: int
+) -> torch.Tensor:
+    """dL/dlogp_it of `spec`'s loss for one batch at ratio 1 (logprobs = old_logprobs), KL off:
+    (N, T) float64, by autograd through `objective_loss` with the batch's own normalizer."""
+    logprobs = torch.zeros(response_mask.shape, dtype=torch.float64, requires_grad=True)  # (N, T)
+    z = compute_normalizer(
+        spec.aggregation,
+        num_sequences=response_mask.shape[0],
+        num_tokens=int(response_mask.sum()),
+        max_tokens=max_tokens,
+        constant_normalizer=spec.constant_normalizer,
+    )
+    loss, _ = objective_loss(spec, logprobs, logprobs.detach(), advantages, response_mask, z)
+    (grad,) = torch.autograd.grad(loss, logprobs)
+    return grad
+
+
 def length_gradients(
     lengths: list[int], advantage: float, presets: tuple[str, ...] = LENGTH_PRESETS
 ) -> dict:
@@ -29,17 +47,7 @@ def length_gradients(
     advantages = torch.full((k,), float(advantage), dtype=torch.float64)  # (K,)
     per_token, per_rollout = {}, {}
     for name in presets:
-        spec = resolve_objective(name, kl_coef=0.0)
-        logprobs = torch.zeros(k, t, dtype=torch.float64, requires_grad=True)  # (K, T)
-        z = compute_normalizer(
-            spec.aggregation,
-            num_sequences=k,
-            num_tokens=int(response_mask.sum()),
-            max_tokens=t,
-            constant_normalizer=spec.constant_normalizer,
-        )
-        loss, _ = objective_loss(spec, logprobs, logprobs.detach(), advantages, response_mask, z)
-        (grad,) = torch.autograd.grad(loss, logprobs)  # (K, T)
+        grad = token_grads(resolve_objective(name, kl_coef=0.0), advantages, response_mask, t)
         # Every token of one rollout gets the same gradient; read it at the first token.
         per_token[name] = [abs(float(grad[i, 0])) for i in range(k)]
         per_rollout[name] = [abs(float(grad[i].sum())) for i in range(k)]

@@ -19,10 +19,9 @@ from rich.console import Console
 
 from drgrpo.config import SFTConfig, TaskConfig, TrainConfig, build_config
 from drgrpo.experiments.report import write_report
+from drgrpo.explain import token_grads
 from drgrpo.objective import (
     compute_advantages,
-    compute_normalizer,
-    objective_loss,
     resolve_objective,
 )
 from drgrpo.train.policy import load_base_policy
@@ -97,7 +96,8 @@ def measure_length_penalty(cfg: TrainConfig, presets, console: Console) -> dict:
     longest third of wrong responses over that on the shortest third, under each preset."""
     from drgrpo.train.setup import build_run
 
-    probe = replace(cfg, rollout=replace(cfg.rollout, prompts_per_step=32),
+    # monitor_kl off: the probe only samples, it needs no reference copy of the model.
+    probe = replace(cfg, rollout=replace(cfg.rollout, prompts_per_step=32), monitor_kl=False,
                     output_dir=f"{cfg.output_dir}-probe")  # fmt: skip
     run = build_run(probe, resume=False, console=console)
     k = probe.rollout.group_size
@@ -111,6 +111,7 @@ def measure_length_penalty(cfg: TrainConfig, presets, console: Console) -> dict:
     rewards = torch.tensor(
         run.scorer.score(run.decode_responses(rollouts), refs)[0], dtype=torch.float64
     )
+    run.scorer.close()
     lengths = rollouts.response_lengths
     wrong = (rewards < 0.5).nonzero().flatten()
     out = {}
@@ -122,13 +123,7 @@ def measure_length_penalty(cfg: TrainConfig, presets, console: Console) -> dict:
         spec = resolve_objective(name, kl_coef=0.0)
         adv = compute_advantages(rewards, k, baseline=spec.baseline, scale=spec.scale,
                                  std_ddof=spec.std_ddof, eps=spec.adv_eps)  # fmt: skip
-        logp = torch.zeros(rollouts.response_mask.shape, dtype=torch.float64, requires_grad=True)
-        mask = rollouts.response_mask
-        z = compute_normalizer(spec.aggregation, num_sequences=len(rewards), num_tokens=int(mask.sum()),
-                               max_tokens=probe.rollout.max_new_tokens,
-                               constant_normalizer=spec.constant_normalizer)  # fmt: skip
-        loss, _ = objective_loss(spec, logp, logp.detach(), adv, mask, z)
-        (grad,) = torch.autograd.grad(loss, logp)
+        grad = token_grads(spec, adv, rollouts.response_mask, probe.rollout.max_new_tokens)
         per_token = grad.abs().sum(1) / lengths.clamp(min=1)  # (N,) mean per-token |grad|
         s, lo = per_token[short], per_token[long]
         s, lo = s[s > 0], lo[lo > 0]  # wrong responses in groups with no signal carry none
