@@ -82,3 +82,21 @@ def test_a_group_runs_its_prompt_once():
         rl_step_flops(TINY, [(3, 2), (4, 1)], with_reference=False, group=2)
     with pytest.raises(ValueError, match="whole groups"):
         rl_step_flops(TINY, [*rows, (3, 1)], with_reference=False, group=2)
+
+
+def test_arch_defaults_kv_heads_and_head_dim_when_a_config_omits_them():
+    fields = dict(hidden_size=4, num_hidden_layers=2, num_attention_heads=2, intermediate_size=8,
+                  vocab_size=10)  # fmt: skip
+    arch = Arch.from_config(fields)
+    assert (arch.kv_heads, arch.head_dim) == (2, 2)  # multi-head attention, hidden / heads
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+def test_param_count_is_the_models_own(size):
+    from benchmarks.vs_trl import param_count
+
+    from drgrpo.models import build_model
+
+    model = build_model(size, 100)
+    arch = Arch.from_config(model.config)
+    assert param_count(arch) == sum(p.numel() for p in model.parameters())
