@@ -13,7 +13,7 @@ What runs (benchmarks/README.md has the results and how to read them):
   aggregation=constant, constant_normalizer=num_sequences_x_max_tokens, scale=none, k3 KL;
 - first a loss/gradient agreement check on one batch (benchmarks/agreement.py);
 - one worker process per library and config (peak RSS is per library); after warm-up the steps
-  alternate A B A B, and each pair gives one TRL/drgrpo ratio; reported: medians of step time,
+  alternate A B B A A B .., and each pair gives one TRL/drgrpo ratio; reported: medians of step time,
   rollout and training tokens/s, peak RSS, and MFU = model FLOPs the step must do (from the
   architecture and the real token counts, benchmarks/flops.py) / (step time x the fp32 matmul
   rate measured first on this machine).
@@ -254,7 +254,7 @@ class Worker:
 
 
 def compare(spec: StepSpec, warmup: int, repeats: int, gflops: float, console) -> dict:
-    """Warm-up, then A B A B: TRL's and drgrpo's medians and their pairwise ratios."""
+    """Warm-up, then A B B A A B ..: TRL's and drgrpo's medians and their pairwise ratios."""
     from transformers import AutoConfig
 
     arch = Arch.from_config(AutoConfig.from_pretrained(spec.model_dir, local_files_only=True))
@@ -266,8 +266,9 @@ def compare(spec: StepSpec, warmup: int, repeats: int, gflops: float, console) -
             for worker in workers.values():
                 worker.step()
         for i in range(repeats):
-            for lib, worker in workers.items():
-                steps[lib].append(summarize_step(worker.step(), arch, spec, rate))
+            # A B, then B A: neither library always runs right after the other.
+            for lib in ("trl", "drgrpo") if i % 2 == 0 else ("drgrpo", "trl"):
+                steps[lib].append(summarize_step(workers[lib].step(), arch, spec, rate))
             console.print(f"  pair {i + 1}/{repeats}: TRL {steps['trl'][-1]['step_s']:.3f} s, "
                           f"drgrpo {steps['drgrpo'][-1]['step_s']:.3f} s")  # fmt: skip
         closed = {lib: worker.close() for lib, worker in workers.items()}
