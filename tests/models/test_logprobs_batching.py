@@ -47,18 +47,24 @@ def test_small_batches_are_never_split():
     assert len(lp.length_buckets(mask, p)) == 1
 
 
+def scored(model, ids, mask, p, *, seed, **kwargs):
+    """A function computing (logprobs, entropy, gradient of a fixed random weighting of both)."""
+    params = [q for q in model.parameters() if q.requires_grad]
+    weights = torch.randn(ids.shape[0], ids.shape[1] - p, dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(seed))  # fmt: skip
+
+    def run():
+        logp, entropy = sequence_logprobs(model, ids, mask, p, **kwargs)
+        loss = (logp * weights).sum() + (0.1 * entropy.sum() if entropy is not None else 0.0)
+        return logp, entropy, torch.autograd.grad(loss, params)
+
+    return run
+
+
 @pytest.mark.parametrize("with_entropy", [False, True])
 def test_bucketed_equals_one_padded_batch(model64, monkeypatch, with_entropy):
     ids, mask, p = ragged_batch(40, 6, 24, seed=1)
-    params = [q for q in model64.parameters() if q.requires_grad]
-    weights = torch.randn(ids.shape[0], ids.shape[1] - p, dtype=torch.float64,
-                          generator=torch.Generator().manual_seed(2))  # fmt: skip
-
-    def run():
-        logp, entropy = sequence_logprobs(model64, ids, mask, p, temperature=0.7,
-                                          with_entropy=with_entropy)  # fmt: skip
-        loss = (logp * weights).sum() + (0.1 * entropy.sum() if with_entropy else 0.0)
-        return logp, entropy, torch.autograd.grad(loss, params)
+    run = scored(model64, ids, mask, p, seed=2, temperature=0.7, with_entropy=with_entropy)
 
     monkeypatch.setattr(lp, "BUCKET_MIN_ROWS", 8)
     assert len(lp.length_buckets(mask, p)) > 1
@@ -155,15 +161,8 @@ def test_vocabulary_tiles_equal_whole_logits(model64, monkeypatch, temperature):
 
 def _check_tiles_against_whole_logits(model64, monkeypatch, temperature):
     ids, mask, p = ragged_batch(6, 5, 9, seed=5)
-    params = [q for q in model64.parameters() if q.requires_grad]
-    weights = torch.randn(ids.shape[0], ids.shape[1] - p, dtype=torch.float64,
-                          generator=torch.Generator().manual_seed(6))  # fmt: skip
-
-    def run():
-        logp, entropy = sequence_logprobs(model64, ids, mask, p, temperature=temperature,
-                                          chunk_size=4, with_entropy=True)  # fmt: skip
-        loss = (logp * weights).sum() + 0.1 * entropy.sum()
-        return logp, entropy, torch.autograd.grad(loss, params)
+    run = scored(model64, ids, mask, p, seed=6, temperature=temperature, chunk_size=4,
+                 with_entropy=True)  # fmt: skip
 
     want = run()
     monkeypatch.setattr(lp, "CHUNK_BYTES", 4 * 4 * 7)  # 4 rows x 7 columns of fp32
