@@ -1,3 +1,3 @@
-from drgrpo.cli import main
+from drgrpo.app.cli import main
 
 raise SystemExit(main())

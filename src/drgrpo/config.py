@@ -98,9 +98,12 @@ class OptimConfig:
     warmup_steps: int = 0
     """Optimizer steps of linear warm-up from 0."""
     updates_per_rollout: int = 1
-    """Passes over each rollout batch (PPO epochs). 1 = on-policy: ratio is exactly 1."""
+    """Passes over each rollout batch (PPO epochs). When updates_per_rollout x mini_batches > 1,
+    pi_old (the policy that sampled) is computed once per rollout and every optimizer step after
+    the first is off-policy: the ratio and the clip act. With 1 x 1 the ratio is exactly 1."""
     mini_batches: int = 1
-    """Optimizer steps per pass: the rollout batch is split into this many groups-aligned parts."""
+    """Optimizer steps per pass: each pass shuffles the B groups and splits them into this many
+    parts of whole groups (group-aligned; must divide rollout.prompts_per_step)."""
     micro_batch_size: int = 0
     """Sequences per forward/backward (a memory setting only; 0 = the whole mini-batch)."""
 
@@ -175,10 +178,11 @@ class TrainConfig:
                 "objective.baseline=value needs a learned value head, which this trainer does not "
                 "have yet: use a group baseline (e.g. --preset grpo or objective.baseline=group_mean)"
             )
-        if self.rollout.num_sequences % self.optim.mini_batches:
+        if self.rollout.prompts_per_step % self.optim.mini_batches:
             raise ValueError(
-                f"optim.mini_batches={self.optim.mini_batches} must divide the rollout batch of "
-                f"{self.rollout.num_sequences} sequences"
+                f"optim.mini_batches={self.optim.mini_batches} must divide "
+                f"rollout.prompts_per_step={self.rollout.prompts_per_step}: mini-batches hold "
+                "whole groups"
             )
         if self.max_minutes < 0 or self.keep_checkpoints < 1:
             raise ValueError("max_minutes must be >= 0 and keep_checkpoints >= 1")

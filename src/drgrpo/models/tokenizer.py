@@ -6,7 +6,7 @@ One id per character keeps arithmetic legible (each digit is its own token) and 
 
 from __future__ import annotations
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -18,9 +18,10 @@ CHARACTERS = tuple(chr(c) for c in range(32, 127)) + ("\n",)
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Character-level tokenizer: pad=0, bos=1, eos=2, unk=3, then printable ASCII and "\\n".
 
-    It never inserts BOS or EOS by itself: callers add BOS before prompts and EOS after
-    responses, so what the model sees is always spelled out at the call site. Text is always
-    characters: "<eos>" typed in a prompt is five tokens, never the EOS id.
+    Its own convention (a post-processor) puts BOS before every encoded text, so that
+    `tokenizer(prompt)` in plain transformers gives the ids drgrpo trains on
+    (`drgrpo.rollout.prompts.TokenRule`); it never appends EOS. Text is always characters:
+    "<eos>" typed in a prompt is five tokens, never the EOS id.
     """
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
@@ -29,6 +30,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     # Fuse joins the pieces with no separator; the default WordLevel decoding joins with " ".
     backend.decoder = decoders.Fuse()
     backend.add_special_tokens(list(SPECIAL_TOKENS))
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, BOS_ID)]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token=PAD,

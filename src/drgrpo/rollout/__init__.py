@@ -2,5 +2,6 @@
 
 from drgrpo.rollout.engine import RolloutEngine, Rollouts, left_pad, pack_rollouts
 from drgrpo.rollout.hf import HFRolloutEngine
+from drgrpo.rollout.prompts import TokenRule
 
-__all__ = ["HFRolloutEngine", "RolloutEngine", "Rollouts", "left_pad", "pack_rollouts"]
+__all__ = ["HFRolloutEngine", "RolloutEngine", "Rollouts", "TokenRule", "left_pad", "pack_rollouts"]

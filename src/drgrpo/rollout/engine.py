@@ -33,7 +33,8 @@ class Rollouts:
     truncation (top-p), so it is the policy's own log-prob; 0 on padding. At temperature 0
     (greedy) it is taken at temperature 1."""
     finish_reason: list[str]
-    """Per row: "stop" when the row sampled EOS, "length" when it hit max_new_tokens."""
+    """Per row: "stop" when the row sampled a stop id (its last token), "length" when it hit
+    max_new_tokens."""
 
     @property
     def response_start(self) -> int:
@@ -77,7 +78,7 @@ class RolloutEngine(Protocol):
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> Rollouts:
-        """One response per prompt. Prompts already carry BOS; `temperature=0` is greedy.
+        """One response per prompt (ids from `TokenRule.encode_prompt`); `temperature=0` is greedy.
 
         Give `seed` or `generator` (not both) for reproducible sampling.
         """

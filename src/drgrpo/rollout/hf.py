@@ -19,6 +19,7 @@ Any other model steps through its own forward (`_HFStepper`), finished rows kept
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 
 import torch
 from transformers.cache_utils import DynamicCache
@@ -38,20 +39,24 @@ class HFRolloutEngine:
     def __init__(
         self,
         model: torch.nn.Module,
-        eos_token_id: int,
+        stop_ids: int | Collection[int],
         pad_token_id: int,
         *,
         fast_decode: bool = True,
     ):
-        """`fast_decode`: use the preallocated-cache decode step for Llama-shaped models (Llama,
+        """`stop_ids`: sampling any of these ends a row (`TokenRule.stop_ids`; one id is fine).
+        `pad_token_id` may be one of them (pad == eos); otherwise it is never sampled.
+        `fast_decode`: use the preallocated-cache decode step for Llama-shaped models (Llama,
         Qwen2) and drop finished rows; False (or any other model) steps through the model's own
         forward with a DynamicCache. Both sample the same distribution."""
-        if eos_token_id == pad_token_id:
-            # Masking pad would then also mask every real stop token.
-            raise ValueError(f"pad_token_id must differ from eos_token_id (both {eos_token_id})")
+        stops = [stop_ids] if isinstance(stop_ids, int) else sorted({int(s) for s in stop_ids})
+        if not stops:
+            raise ValueError("need at least one stop id")
         self.model = model
-        self.eos_token_id = eos_token_id
+        self.stop_ids = tuple(stops)
         self.pad_token_id = pad_token_id
+        # A pad that is not a stop id would be indistinguishable from padding once sampled.
+        self._banned = None if pad_token_id in stops else pad_token_id
         self.fast_decode = fast_decode
 
     def sync_weights(self, model: torch.nn.Module) -> None:
@@ -69,11 +74,12 @@ class HFRolloutEngine:
     ) -> Rollouts:
         """One response per prompt; see `RolloutEngine.generate`.
 
-        The pad id is never sampled (it would be indistinguishable from padding); like top-p,
-        this truncates the sampling distribution but not `sampler_logprobs`.
+        A pad id that is not a stop id is never sampled (it would be indistinguishable from
+        padding); like top-p, this truncates the sampling distribution but not
+        `sampler_logprobs`.
         """
         if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
-            raise ValueError("need at least one prompt, each with at least one token (BOS)")
+            raise ValueError("need at least one prompt, each with at least one token")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if temperature < 0 or not 0 < top_p <= 1:
@@ -152,6 +158,7 @@ class HFRolloutEngine:
         )
         logprobs = torch.zeros((n, max_new_tokens), dtype=torch.float32, device=device)
         response_mask = torch.zeros((n, max_new_tokens), dtype=torch.bool, device=device)
+        stops = torch.tensor(self.stop_ids, device=device)
         done = torch.zeros(n, dtype=torch.bool, device=device)
         # Original row ids of the rows the stepper still computes, in its order. A stepper that can
         # drop rows (`_LlamaStepper`) only holds running rows; the generic one keeps finished rows
@@ -165,7 +172,7 @@ class HFRolloutEngine:
             response[rows, step] = token
             logprobs[rows, step] = logprob.masked_fill_(~live, 0.0).to(logprobs.dtype)
             response_mask[rows, step] = live
-            finished = live & (token == self.eos_token_id)
+            finished = live & torch.isin(token, stops)
             done[rows[finished]] = True
             if step + 1 == max_new_tokens or bool(done.all()):
                 break
@@ -193,11 +200,13 @@ class HFRolloutEngine:
         scaled = logits if temperature in (0, 1) else logits / temperature
         logprobs = torch.log_softmax(scaled, dim=-1)
         if temperature == 0:
-            logits[:, self.pad_token_id] = -torch.inf
+            if self._banned is not None:
+                logits[:, self._banned] = -torch.inf
             token = logits.argmax(dim=-1)
         else:
             probs = logprobs.exp()
-            probs[:, self.pad_token_id] = 0.0
+            if self._banned is not None:
+                probs[:, self._banned] = 0.0
             if top_p < 1:
                 probs = _nucleus(probs, top_p)
             token = _categorical(probs, generator)

@@ -22,8 +22,14 @@ def builtin_sft_config(cfg: TrainConfig, output_dir: str = "") -> SFTConfig:
     )
 
 
+TOKEN_RULE_VERSION = 2
+"""Part of the cache key: bases cached before the tokenizer added its own BOS are not reused."""
+
+
 def cached_base_dir(cfg: TrainConfig) -> Path:
-    key = json.dumps(builtin_sft_config(cfg).to_dict(), sort_keys=True)
+    key = json.dumps(
+        {**builtin_sft_config(cfg).to_dict(), "token_rule": TOKEN_RULE_VERSION}, sort_keys=True
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return Path(cfg.model.cache_dir) / f"sft-{cfg.task.name}-{cfg.model.size}-{digest}"
 
@@ -41,16 +47,12 @@ def load_base_policy(cfg: TrainConfig, console: Console):
     else:
         folder = cached_base_dir(cfg)
         if not (folder / "config.json").is_file():
-            from drgrpo.sft import run_sft
+            from drgrpo.sft import run_sft  # the built-in base is a cached SFT run
 
             console.print(f"[bold]No cached base policy: running the SFT warm start into {folder}")
             run_sft(builtin_sft_config(cfg, str(folder)), console=console)
         else:
             console.print(f"base policy: cached SFT model {folder}")
     model, tokenizer = load_policy(folder)
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise ValueError(
-            f"the tokenizer of {folder} has pad == eos (or no pad token): masking padding would "
-            "drop every real stop token. Add a distinct pad token to the tokenizer."
-        )
+    # pad == eos is fine: every mask is explicit (`drgrpo.rollout.prompts.TokenRule`).
     return model, tokenizer, folder

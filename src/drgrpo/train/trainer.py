@@ -1,4 +1,7 @@
-"""`drgrpo train`: set up, evaluate the base, run RL steps with checkpoints, evaluate, report."""
+"""The training session: set up, evaluate the base, run RL steps with checkpoints, evaluate.
+
+Returns the summary (also written to summary.json); printing it and plotting are the front
+end's (`drgrpo.app`)."""
 
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ from rich.console import Console
 from tqdm.auto import tqdm
 
 from drgrpo.config import TrainConfig
+from drgrpo.eval import evaluate
 from drgrpo.objective import render_formula
 from drgrpo.train.checkpoint import save_checkpoint
-from drgrpo.train.loop import TrainingError, eval_metrics, rl_step, run_eval, summarize
-from drgrpo.train.setup import Run, build_run
+from drgrpo.train.metrics import eval_metrics, summarize
+from drgrpo.train.rl_step import rl_step
+from drgrpo.train.run import Run, build_run
 
 PROGRESS_KEYS = {"reward/mean": "reward", "reward/accuracy": "acc", "rollout/len_mean": "len"}
 
@@ -37,31 +42,49 @@ def train(
     cfg.save(run.run_dir / "config.json")
     console.print(render_formula(cfg.objective))
     console.print(f"run folder: {run.run_dir}   base policy: {run.base_path}")
-    if run.state["base_eval"] is None:
-        console.print(f"evaluating the base policy on {cfg.eval.num_prompts} held-out prompts ...")
-        run.state["base_eval"] = run_eval(run, 0)
-        run.logger.log(0, eval_metrics(run.state["base_eval"]))
-    last = stop_at_step if stop_at_step is not None else cfg.steps
-    step = run.state["step"]
     try:
-        step = _train_steps(run, step, min(last, cfg.steps), start, progress)
-    except KeyboardInterrupt:
-        _checkpoint(run, run.state["step"])
-        console.print(f"[yellow]interrupted: checkpoint saved at step {run.state['step']}; "
-                      f"continue with drgrpo train --resume {run.run_dir}")  # fmt: skip
-        raise
-    except TrainingError:
+        return _session(run, stop_at_step, start, progress)
+    finally:
+        run.logger.close()
         run.scorer.close()
+
+
+def _session(run: Run, stop_at_step: int | None, start: float, progress: bool) -> dict:
+    cfg, console = run.config, run.console
+    if run.state.base_eval is None:
+        console.print(f"evaluating the base policy on {cfg.eval.num_prompts} held-out prompts ...")
+        run.state.base_eval = run_eval(run, 0)
+        run.logger.log(0, eval_metrics(run.state.base_eval))
+    last = stop_at_step if stop_at_step is not None else cfg.steps
+    try:
+        step = _train_steps(run, run.state.step, min(last, cfg.steps), start, progress)
+    except KeyboardInterrupt:
+        _checkpoint(run, run.state.step)
+        console.print(f"[yellow]interrupted: checkpoint saved at step {run.state.step}; "
+                      f"continue with drgrpo train --resume {run.run_dir}")  # fmt: skip
         raise
     _checkpoint(run, step)
     if step < cfg.steps and stop_at_step is not None:
         return {"stopped_at": step}
     final = run_eval(run, step)
     run.logger.log(step, eval_metrics(final))
-    summary = summarize(run, final, time.perf_counter() - start, step)
+    summary = summarize(cfg.objective.name, run.state.base_eval, final,
+                        time.perf_counter() - start, step)  # fmt: skip
+    summary["run_dir"] = str(run.run_dir)
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _finish(run, summary)
     return summary
+
+
+def run_eval(run: Run, step: int) -> dict:
+    """The held-out evaluation of the current policy (train's token rule and protected scorer)."""
+    cfg = run.config
+    with run.autocast():
+        return evaluate(
+            run.engine, run.tokenizer, run.rule, run.task.heldout(cfg.eval.num_prompts),
+            run.scorer.score, num_samples=cfg.eval.num_samples, ks=cfg.eval.ks,
+            max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
+            greedy=cfg.eval.greedy, seed=cfg.seed + 1_000_003 * (step + 1),
+        )  # fmt: skip
 
 
 def _train_steps(run: Run, step: int, last: int, start: float, progress: bool) -> int:
@@ -75,7 +98,7 @@ def _train_steps(run: Run, step: int, last: int, start: float, progress: bool) -
                 break
             metrics = rl_step(run, step + 1)
             step += 1
-            run.state["step"] = step
+            run.state.step = step
             if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.steps:
                 metrics.update(eval_metrics(run_eval(run, step)))
             run.logger.log(step, metrics)
@@ -89,28 +112,13 @@ def _train_steps(run: Run, step: int, last: int, start: float, progress: bool) -
 
 
 def _checkpoint(run: Run, step: int) -> Path:
-    state = {k: v for k, v in run.state.items() if k != "step"}
+    state = {k: v for k, v in run.state.to_json().items() if k != "step"}
     state["scheduler"] = run.scheduler.state_dict()
     return save_checkpoint(
         run.run_dir, step, model=run.policy, tokenizer=run.tokenizer, optimizer=run.optimizer,
         state=state, config=run.config.to_dict(), generator=run.generator,
         keep=run.config.keep_checkpoints,
     )  # fmt: skip
-
-
-def _finish(run: Run, summary: dict) -> None:
-    from drgrpo.report import print_summary
-
-    run.logger.close()
-    run.scorer.close()
-    print_summary(summary, run.console)
-    try:
-        from drgrpo.plot import plot_run
-
-        path = plot_run(run.run_dir)
-        run.console.print(f"plots: {path}")
-    except ImportError:
-        run.console.print("plots skipped: pip install 'drgrpo[plot]' for matplotlib")
 
 
 def _fmt(value: float | None) -> str:

@@ -5,17 +5,19 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
 from drgrpo.config import TrainConfig
-from drgrpo.rollout import HFRolloutEngine, Rollouts
-from drgrpo.schedule import lr_lambda
+from drgrpo.rollout import HFRolloutEngine, RolloutEngine, TokenRule
 from drgrpo.tasks import Task, make_task
+from drgrpo.tasks.scoring import RewardScorer
 from drgrpo.train.checkpoint import (
+    CheckpointError,
     check_compatible,
     check_model_matches,
     latest_checkpoint,
@@ -23,7 +25,31 @@ from drgrpo.train.checkpoint import (
 )
 from drgrpo.train.logging import RunLogger
 from drgrpo.train.policy import load_base_policy
-from drgrpo.train.rewards import RewardScorer
+from drgrpo.util.schedule import lr_lambda
+
+
+@dataclass
+class RunState:
+    """What changes as a run goes on; saved in every checkpoint's state.json."""
+
+    step: int = 0
+    """RL steps done."""
+    data_pos: int = 0
+    """Index of the next training example."""
+    base_eval: dict | None = None
+    """The base policy's evaluation (before step 1), kept for the summary."""
+    no_eos_streak: int = 0
+    """Consecutive steps in which no rollout stopped (collapse detector)."""
+    nonfinite_streak: int = 0
+    """Consecutive optimizer steps skipped for a non-finite loss or gradient."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict) -> RunState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 @dataclass
@@ -34,8 +60,9 @@ class Run:
     policy: torch.nn.Module
     reference: torch.nn.Module | None
     tokenizer: object
+    rule: TokenRule
     task: Task
-    engine: HFRolloutEngine
+    engine: RolloutEngine
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     generator: torch.Generator
@@ -44,21 +71,7 @@ class Run:
     console: Console
     autocast: Callable
     base_path: str = ""
-    state: dict = field(default_factory=dict)
-
-    def encode_prompt(self, prompt: str) -> list[int]:
-        return [self.tokenizer.bos_token_id] + self.tokenizer.encode(
-            prompt, add_special_tokens=False
-        )
-
-    def decode_responses(self, rollouts: Rollouts) -> list[str]:
-        rows = [
-            ids[mask].tolist()
-            for ids, mask in zip(
-                rollouts.response_ids.cpu(), rollouts.response_mask.cpu(), strict=True
-            )
-        ]
-        return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+    state: RunState = field(default_factory=RunState)
 
 
 def pick_device(name: str) -> torch.device:
@@ -67,6 +80,13 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"model.device={name!r} but no CUDA GPU is visible: use model.device=cpu")
     return torch.device(name)
+
+
+def autocast_for(device: torch.device) -> Callable:
+    """bf16 autocast on CUDA (fp32 weights stay the master copy), nothing elsewhere."""
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext
 
 
 def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
@@ -80,6 +100,7 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
     policy, tokenizer, base_path = load_base_policy(cfg, console=console)
     policy = policy.to(device=device, dtype=dtype)
+    rule = TokenRule.from_tokenizer(tokenizer, getattr(policy, "generation_config", None))
     reference = None
     if cfg.objective.uses_reference or cfg.monitor_kl:
         # The reference is the base policy, frozen; on resume it is still the base, not the checkpoint.
@@ -87,35 +108,37 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     if ckpt is not None:
         check_model_matches(ckpt, policy)
         _load_weights(policy, ckpt / "model")
+    optimizer, scheduler = _optimizer(cfg, policy, device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    state = RunState()
+    if ckpt is not None:
+        loaded = load_training_state(ckpt, optimizer=optimizer, generator=generator)
+        scheduler.load_state_dict(loaded.pop("scheduler"))
+        state = RunState.from_json(loaded)
+    task = make_task(cfg.task.name, **cfg.task.options)
+    return Run(
+        config=cfg, run_dir=run_dir, device=device, policy=policy, reference=reference,
+        tokenizer=tokenizer, rule=rule, task=task,
+        engine=HFRolloutEngine(policy, rule.stop_ids, rule.pad_id),
+        optimizer=optimizer, scheduler=scheduler, generator=generator,
+        scorer=RewardScorer(task.verify, cfg.rollout.reward_timeout_s),
+        logger=RunLogger(run_dir, cfg.tensorboard, resume_step=state.step),
+        console=console, autocast=autocast_for(device), base_path=str(base_path), state=state,
+    )  # fmt: skip
+
+
+def _optimizer(cfg: TrainConfig, policy: torch.nn.Module, device: torch.device):
     opt = cfg.optim
     optimizer = torch.optim.AdamW(
         policy.parameters(), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay,
-        # One fused kernel over all parameters: 4-5x faster than the per-tensor loop on CPU
-        # (26 -> 6 ms a step for the 10.5M model, benchmarks/README.md).
+        # One fused kernel over all parameters (benchmarks/README.md: the optimizer step).
         fused=device.type in ("cpu", "cuda"),
     )  # fmt: skip
     total = cfg.steps * opt.updates_per_rollout * opt.mini_batches
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total, opt.warmup_steps, opt.schedule)
     )
-    generator = torch.Generator().manual_seed(cfg.seed)
-    state = {"step": 0, "data_pos": 0, "base_eval": None, "no_eos_streak": 0, "nonfinite_streak": 0}
-    if ckpt is not None:
-        loaded = load_training_state(ckpt, optimizer=optimizer, generator=generator)
-        scheduler.load_state_dict(loaded.pop("scheduler"))
-        state.update(loaded)
-    task = make_task(cfg.task.name, **cfg.task.options)
-    from drgrpo.train.loop import autocast_for
-
-    return Run(
-        config=cfg, run_dir=run_dir, device=device, policy=policy, reference=reference,
-        tokenizer=tokenizer, task=task,
-        engine=HFRolloutEngine(policy, tokenizer.eos_token_id, tokenizer.pad_token_id),
-        optimizer=optimizer, scheduler=scheduler, generator=generator,
-        scorer=RewardScorer(task.verify, cfg.rollout.reward_timeout_s),
-        logger=RunLogger(run_dir, cfg.tensorboard, resume_step=state["step"]),
-        console=console, autocast=autocast_for(device), base_path=str(base_path), state=state,
-    )  # fmt: skip
+    return optimizer, scheduler
 
 
 def _load_weights(model: torch.nn.Module, folder: Path) -> None:
@@ -123,8 +146,6 @@ def _load_weights(model: torch.nn.Module, folder: Path) -> None:
 
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        from drgrpo.train.checkpoint import CheckpointError
-
         raise CheckpointError(f"{folder} has no safetensors weights")
     weights = {}
     for f in files:
@@ -133,8 +154,6 @@ def _load_weights(model: torch.nn.Module, folder: Path) -> None:
     # Tied output embeddings are saved once; anything else missing is a foreign checkpoint.
     missing = [m for m in missing if "lm_head" not in m]
     if missing or unexpected:
-        from drgrpo.train.checkpoint import CheckpointError
-
         raise CheckpointError(
             f"{folder}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )

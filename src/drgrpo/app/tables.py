@@ -74,3 +74,24 @@ def _get(result: dict, key):
 
 def _num(value) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def format_eval_table(result: dict) -> Table:
+    """An `evaluate` result as a two-column table for the terminal."""
+    table = Table(title=f"eval: {result['num_prompts']} prompts x {result['num_samples']} samples")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("accuracy", result["accuracy"]),
+        ("greedy_accuracy", result["greedy_accuracy"]),
+        *((f"pass@{k}", v) for k, v in result["pass_at_k"].items()),
+        ("len_mean", result["len_mean"]),
+        ("len_correct", result["len_correct"]),
+        ("len_incorrect", result["len_incorrect"]),
+        ("truncated_frac", result["truncated_frac"]),
+        ("reward_errors", result.get("reward_errors")),
+        ("reward_timeouts", result.get("reward_timeouts")),
+    ]
+    for name, value in rows:
+        table.add_row(name, "-" if value is None else f"{value:.4g}")
+    return table

@@ -7,7 +7,7 @@ import json
 import sys
 
 from drgrpo import __version__
-from drgrpo.experiments import command as experiment_command
+from drgrpo.app.experiments import command as experiment_command
 
 
 def _floats(text: str) -> list[float]:
@@ -53,7 +53,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_explain(args: argparse.Namespace) -> int:
-    from drgrpo import explain, report
+    from drgrpo.app import explain, tables
 
     if args.what == "lengths":
         grads = explain.length_gradients(args.lengths, args.advantage)
@@ -62,7 +62,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(out))
         else:
-            report.print_length_gradients(out)
+            tables.print_length_gradients(out)
         if args.plot:
             explain.plot_length_sweep(min(args.lengths), args.advantage, args.plot)
             print(f"wrote {args.plot}", file=sys.stderr)
@@ -71,7 +71,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(out))
         else:
-            report.print_advantages(out)
+            tables.print_advantages(out)
     else:
         from drgrpo.config import build_config
 
@@ -120,17 +120,35 @@ def _run_train(args: argparse.Namespace) -> int:
                                overrides=[*args.overrides, f"output_dir={args.resume}"])  # fmt: skip
     else:
         cfg = build_config(args.config, preset=args.preset, overrides=args.overrides)
-    from drgrpo.train.loop import TrainingError
+    from rich.console import Console
+
+    from drgrpo.train.rl_step import TrainingError
     from drgrpo.train.trainer import train
 
+    console = Console()
     try:
-        train(cfg, resume=bool(args.resume), progress=not args.no_progress)
+        summary = train(cfg, resume=bool(args.resume), progress=not args.no_progress,
+                        console=console)  # fmt: skip
     except TrainingError as e:
         print(f"drgrpo train: stopped: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         return 130
+    _report_run(summary, console)
     return 0
+
+
+def _report_run(summary: dict, console) -> None:
+    """The summary table and the plots of a finished run."""
+    from drgrpo.app.tables import print_summary
+
+    print_summary(summary, console)
+    try:
+        from drgrpo.app.plot import plot_run
+
+        console.print(f"plots: {plot_run(summary['run_dir'])}")
+    except ImportError:
+        console.print("plots skipped: pip install 'drgrpo[plot]' for matplotlib")
 
 
 def _add_plot(sub: argparse._SubParsersAction) -> None:
@@ -140,7 +158,7 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_plot(args: argparse.Namespace) -> int:
-    from drgrpo.plot import plot_run
+    from drgrpo.app.plot import plot_run
 
     print(plot_run(args.run_dir, args.output))
     return 0
@@ -180,12 +198,17 @@ def _run_sft(args: argparse.Namespace) -> int:
     # JSON is YAML: a quoted value stays a string (an --output of "123" is not an int).
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     cfg = build_sft_config(args.config, [*overrides, *args.overrides])
+    from rich.console import Console
+
+    from drgrpo.app.tables import format_eval_table
     from drgrpo.sft import run_sft
 
+    console = Console()
     try:
-        run_sft(cfg, progress=not args.no_progress)
+        summary = run_sft(cfg, console=console, progress=not args.no_progress)
     except KeyboardInterrupt:
         return 130
+    console.print(format_eval_table(summary["eval"]))
     return 0
 
 
@@ -206,7 +229,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from drgrpo.config import EvalConfig, parse_assignment
-    from drgrpo.evaluate import evaluate, format_eval_table
+    from drgrpo.eval import evaluate_model
     from drgrpo.tasks import make_task
 
     options = dict(
@@ -220,11 +243,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     model, tokenizer = _load_eval_policy(args.model_dir, args.device)
-    from drgrpo.rollout import HFRolloutEngine
-
-    engine = HFRolloutEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    result = evaluate(
-        engine, tokenizer, task.heldout(spec.num_prompts), task.verify,
+    result = evaluate_model(
+        model, tokenizer, task.heldout(spec.num_prompts), task.verify, reward_timeout_s=5.0,
         num_samples=spec.num_samples, ks=spec.ks, max_new_tokens=args.max_new_tokens,
         temperature=spec.temperature, greedy=True, seed=args.seed,
     )  # fmt: skip
@@ -235,6 +255,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(json.dumps({**header, **result}))
     else:
         from rich.console import Console
+
+        from drgrpo.app.tables import format_eval_table
 
         Console().print(format_eval_table(result))
     return 0
@@ -251,8 +273,6 @@ def _load_eval_policy(model_dir: str, device: str):
         model, tokenizer = load_policy(model_dir, device=device)
     except FileNotFoundError as e:
         raise ValueError(str(e)) from None
-    if tokenizer.bos_token_id is None or tokenizer.pad_token_id is None:
-        raise ValueError(f"the tokenizer of {model_dir!r} needs a bos and a pad token")
     return model.eval(), tokenizer
 
 

@@ -8,7 +8,7 @@ import json
 import statistics
 from pathlib import Path
 
-from drgrpo.plot import series
+from drgrpo.app.plot import series
 from drgrpo.train.logging import read_metrics
 
 METRICS = {

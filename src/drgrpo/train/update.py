@@ -1,8 +1,11 @@
 """One rollout batch -> optimizer steps: mini-batches, micro-batch accumulation, the normalizer.
 
-The normalizer Z of each optimizer step is computed once from that step's whole mini-batch
-(``normalizer_for``) and passed to every micro-batch, so that micro_batch_size is a memory
-setting only: the accumulated gradient is the same for any split (tests/train/test_step.py).
+Mini-batches are group-aligned: each pass shuffles the B groups and cuts them into
+`mini_batches` parts of whole groups, so a group's K rows (whose group-baseline advantages sum
+to zero) always meet in the same optimizer step. The normalizer Z of each optimizer step is
+computed once from that step's whole mini-batch (``normalizer_for``) and passed to every
+micro-batch, so that micro_batch_size is a memory setting only: the accumulated gradient is the
+same for any split (tests/train/test_update.py).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from drgrpo.config import OptimConfig
 from drgrpo.models.logprobs import sequence_logprobs
 from drgrpo.objective import ObjectiveSpec, compute_normalizer, objective_loss
 
@@ -23,7 +27,8 @@ class TrainBatch:
     input_ids: torch.Tensor  # (N, P+T) left-padded prompts, right-padded responses
     attention_mask: torch.Tensor  # (N, P+T) bool
     response_start: int  # P
-    response_mask: torch.Tensor  # (N, T) bool: tokens that carry loss (EOS included)
+    loss_mask: torch.Tensor  # (N, T) bool: tokens the loss sees (sampled tokens, stop included,
+    # minus truncated rows under rollout.truncated=mask_loss)
     advantages: torch.Tensor  # (N,)
     old_logprobs: torch.Tensor | None = None  # (N, T); None: on-policy, ratio exactly 1
     ref_logprobs: torch.Tensor | None = None  # (N, T); None: no KL term in the loss
@@ -53,7 +58,7 @@ class TrainBatch:
             "attention_mask": self.attention_mask[:, first : p + t],
             "response_start": p - first,
         }
-        for name in ("response_mask", "old_logprobs", "ref_logprobs"):
+        for name in ("loss_mask", "old_logprobs", "ref_logprobs"):
             value = getattr(self, name)
             out[name] = None if value is None else value[:, :t]
         return replace(self, **out)
@@ -64,7 +69,7 @@ def normalizer_for(spec: ObjectiveSpec, batch: TrainBatch, max_tokens: int) -> f
     return compute_normalizer(
         spec.aggregation,
         num_sequences=len(batch),
-        num_tokens=int(batch.response_mask.sum()),
+        num_tokens=int(batch.loss_mask.sum()),
         max_tokens=max_tokens,
         constant_normalizer=spec.constant_normalizer,
     )
@@ -100,13 +105,13 @@ def accumulate_gradients(
         )  # (n, T) each
         old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
         loss, stats = objective_loss(
-            spec, logprobs, old, micro.advantages, micro.response_mask, normalizer,
+            spec, logprobs, old, micro.advantages, micro.loss_mask, normalizer,
             ref_logprobs=micro.ref_logprobs,
         )  # fmt: skip
         loss.backward()
         stats["loss"] = loss.detach()
         if entropy is not None:
-            stats["entropy_sum"] = (entropy.detach() * micro.response_mask).sum()
+            stats["entropy_sum"] = (entropy.detach() * micro.loss_mask).sum()
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + float(value)
     return totals
@@ -118,33 +123,33 @@ def run_updates(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     batch: TrainBatch,
     spec: ObjectiveSpec,
+    optim: OptimConfig,
     *,
-    updates_per_rollout: int,
-    mini_batches: int,
-    micro_batch_size: int,
-    max_grad_norm: float,
     max_tokens: int,
     temperature: float,
     generator: torch.Generator,
+    group_size: int = 1,
 ) -> dict[str, float]:
-    """`updates_per_rollout` passes over the batch, `mini_batches` optimizer steps each.
+    """`optim.updates_per_rollout` passes over the batch, `optim.mini_batches` optimizer steps each.
 
-    A step whose loss or gradient is not finite is skipped (no parameter change) and counted in
-    the returned `skipped_steps`; the caller decides when too many is too many.
+    Returns per-optimizer-step means of loss / pg_loss / kl_loss (comparable across any
+    mini_batches x updates_per_rollout), token sums of clipped_tokens / tokens / kl_sum /
+    entropy_sum (divide by tokens), grad_norm (mean), skipped_steps and optimizer_steps.
+    A step whose loss or gradient is not finite is skipped (no parameter change) and counted;
+    the caller decides when too many is too many.
     """
-    n = len(batch)
-    totals: dict[str, float] = {}
+    groups = len(batch) // group_size
+    sums: dict[str, float] = {}
     grad_norms, skipped, steps = [], 0, 0
-    for _ in range(updates_per_rollout):
-        order = torch.randperm(n, generator=generator) if mini_batches > 1 else torch.arange(n)
-        for part in order.chunk(mini_batches):
-            mini = batch.select(part.sort().values)
+    for _ in range(optim.updates_per_rollout):
+        for rows in _mini_batch_rows(groups, group_size, optim.mini_batches, generator):
+            mini = batch.select(rows)
             optimizer.zero_grad(set_to_none=True)
             stats = accumulate_gradients(
                 model, mini, spec, normalizer_for(spec, mini, max_tokens),
-                micro_batch_size=micro_batch_size, temperature=temperature,
+                micro_batch_size=optim.micro_batch_size, temperature=temperature,
             )  # fmt: skip
-            norm = _grad_norm(model, max_grad_norm)
+            norm = _grad_norm(model, optim.max_grad_norm)
             steps += 1
             if not (math.isfinite(stats["loss"]) and math.isfinite(norm)):
                 skipped += 1
@@ -154,11 +159,31 @@ def run_updates(
             scheduler.step()
             grad_norms.append(norm)
             for key, value in stats.items():
-                totals[key] = totals.get(key, 0.0) + value
-    totals["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+                sums[key] = sums.get(key, 0.0) + value
+    done = len(grad_norms)
+    totals = {k: (v / done if k in _PER_STEP else v) for k, v in sums.items()}
+    totals["grad_norm"] = sum(grad_norms) / done if done else float("nan")
     totals["skipped_steps"] = skipped
     totals["optimizer_steps"] = steps
     return totals
+
+
+_PER_STEP = ("loss", "pg_loss", "kl_loss")
+"""Stats that are one optimizer step's objective value: averaged over steps, not summed."""
+
+
+def _mini_batch_rows(
+    groups: int, group_size: int, mini_batches: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """Row indices of each mini-batch: shuffled whole groups (one part: every row, in order)."""
+    if mini_batches == 1:
+        return [torch.arange(groups * group_size)]
+    order = torch.randperm(groups, generator=generator)
+    rows = []
+    for part in order.chunk(mini_batches):
+        first = part.sort().values[:, None] * group_size  # (g, 1) first row of each group
+        rows.append((first + torch.arange(group_size)).reshape(-1))
+    return rows
 
 
 def _grad_norm(model: torch.nn.Module, max_grad_norm: float) -> float:

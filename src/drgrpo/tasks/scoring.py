@@ -20,6 +20,15 @@ from dataclasses import dataclass, field
 
 from drgrpo.tasks.deadline import can_use_alarm, time_limit
 
+CORRECT_THRESHOLD = 0.5
+"""Until verifiers report correctness themselves, a reward at or above this counts as correct
+(accuracy's length split, pass@k, the SFT checks). Written here only: `is_correct`."""
+
+
+def is_correct(reward: float) -> bool:
+    """The one correctness rule of training metrics, evaluation and SFT checks."""
+    return reward >= CORRECT_THRESHOLD
+
 
 class RewardTimeout(BaseException):
     """Raised inside a verifier when its time is up. A BaseException, so that a verifier's own

@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from rich.table import Table
-
 from drgrpo.rollout.engine import RolloutEngine, Rollouts
+from drgrpo.rollout.hf import HFRolloutEngine
+from drgrpo.rollout.prompts import TokenRule
+from drgrpo.tasks.scoring import RewardScorer, is_correct
 
-CORRECT_THRESHOLD = 0.5
-"""A sample counts as correct (for pass@k and the length split) when its reward is >= this."""
+Score = Callable[[list[str], list[str]], tuple[list[float], object]]
+"""`RewardScorer.score`: (completions, references) -> (rewards, faults with .errors/.timeouts)."""
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -35,8 +36,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def evaluate(
     engine: RolloutEngine,
     tokenizer,
+    rule: TokenRule,
     examples: Sequence,
-    verify: Callable[[str, str], float],
+    score: Score,
     *,
     num_samples: int = 4,
     ks: Sequence[int] = (1, 4),
@@ -48,6 +50,10 @@ def evaluate(
     batch_size: int = 256,
 ) -> dict:
     """Score `engine` on `examples` (objects with `.prompt` and `.reference`).
+
+    Prompts are encoded and responses decoded by `rule` (the one token rule of training), and
+    scored by `score` (the protected scorer: a verifier fault scores 0 and is counted in
+    reward_errors / reward_timeouts).
 
     Each prompt gets `num_samples` sampled responses (plus one greedy response when `greedy`).
     Keys: accuracy (mean reward of the samples), greedy_accuracy (None without greedy),
@@ -64,39 +70,48 @@ def evaluate(
     if any(not 1 <= k <= num_samples for k in ks):
         raise ValueError(f"every k in ks={tuple(ks)} must be in [1, num_samples={num_samples}]")
 
-    prompts = [
-        [tokenizer.bos_token_id] + tokenizer.encode(ex.prompt, add_special_tokens=False)
-        for ex in examples
-    ]
+    prompts = rule.encode_prompts(tokenizer, [ex.prompt for ex in examples])
     references = [ex.reference for ex in examples]
     options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     # Samples of one prompt sit next to each other: row i belongs to prompt i // num_samples.
     repeated = [p for p in prompts for _ in range(num_samples)]
     sampled = _generate(engine, repeated, options, seed, batch_size)
-    rewards = [
-        verify(_decode(tokenizer, ids, finish), references[row // num_samples])
-        for row, (ids, finish) in enumerate(sampled)
-    ]
+    texts = [rule.response_text(tokenizer, ids, finish == "stop") for ids, finish in sampled]
+    rewards, faults = score(texts, [references[row // num_samples] for row in range(len(texts))])
     result = _sample_metrics(sampled, rewards, num_samples, ks)
+    errors, timeouts = faults.errors, faults.timeouts
 
     result["greedy_accuracy"] = None
     if greedy:
         greedy_options = dict(options, temperature=0.0, top_p=1.0)
         decoded = _generate(engine, prompts, greedy_options, seed, batch_size)
-        result["greedy_accuracy"] = _mean(
-            [
-                verify(_decode(tokenizer, ids, finish), ref)
-                for (ids, finish), ref in zip(decoded, references, strict=True)
-            ]
-        )
-    return result | {"num_prompts": len(examples), "num_samples": num_samples}
+        texts = [rule.response_text(tokenizer, ids, finish == "stop") for ids, finish in decoded]
+        greedy_rewards, faults = score(texts, references)
+        result["greedy_accuracy"] = _mean(greedy_rewards)
+        errors, timeouts = errors + faults.errors, timeouts + faults.timeouts
+    return result | {"num_prompts": len(examples), "num_samples": num_samples,
+                     "reward_errors": errors, "reward_timeouts": timeouts}  # fmt: skip
+
+
+def evaluate_model(
+    model, tokenizer, examples, verify, *, reward_timeout_s: float, **options
+) -> dict:
+    """`evaluate` of an in-process HF model: the token rule of its tokenizer (and
+    generation_config), `verify` behind the protected scorer (deadline, faults counted)."""
+    rule = TokenRule.from_tokenizer(tokenizer, getattr(model, "generation_config", None))
+    engine = HFRolloutEngine(model, rule.stop_ids, rule.pad_id)
+    scorer = RewardScorer(verify, reward_timeout_s)
+    try:
+        return evaluate(engine, tokenizer, rule, examples, scorer.score, **options)
+    finally:
+        scorer.close()
 
 
 def _sample_metrics(
     sampled: list[tuple[list[int], str]], rewards: list[float], num_samples: int, ks
 ) -> dict:
     lengths = [len(ids) for ids, _ in sampled]
-    correct = [r >= CORRECT_THRESHOLD for r in rewards]
+    correct = [is_correct(r) for r in rewards]
     per_prompt = [sum(correct[i : i + num_samples]) for i in range(0, len(correct), num_samples)]
     return {
         "accuracy": _mean(rewards),
@@ -131,31 +146,5 @@ def _responses(rollouts: Rollouts) -> list[tuple[list[int], str]]:
     ]
 
 
-def _decode(tokenizer, ids: list[int], finish_reason: str) -> str:
-    # The EOS is inside the response mask; the verifier must not see it.
-    if finish_reason == "stop":
-        ids = ids[:-1]
-    return tokenizer.decode(ids, skip_special_tokens=False)
-
-
 def _mean(values: list) -> float | None:
     return float(sum(values)) / len(values) if values else None
-
-
-def format_eval_table(result: dict) -> Table:
-    """The `evaluate` result as a two-column table for the terminal."""
-    table = Table(title=f"eval: {result['num_prompts']} prompts x {result['num_samples']} samples")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    rows = [
-        ("accuracy", result["accuracy"]),
-        ("greedy_accuracy", result["greedy_accuracy"]),
-        *((f"pass@{k}", v) for k, v in result["pass_at_k"].items()),
-        ("len_mean", result["len_mean"]),
-        ("len_correct", result["len_correct"]),
-        ("len_incorrect", result["len_incorrect"]),
-        ("truncated_frac", result["truncated_frac"]),
-    ]
-    for name, value in rows:
-        table.add_row(name, "-" if value is None else f"{value:.4g}")
-    return table

@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from drgrpo.experiments.lineage import run_lineage
+    from drgrpo.app.experiments.lineage import run_lineage
 
     presets = [p.strip() for p in args.presets.split(",")] if args.presets else None
     result = run_lineage(args.output, quick=args.quick, presets=presets, seeds=args.seeds,

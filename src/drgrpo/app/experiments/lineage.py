@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from drgrpo.app.experiments.report import write_report
+from drgrpo.app.explain import token_grads
 from drgrpo.config import SFTConfig, TaskConfig, TrainConfig, build_config
-from drgrpo.experiments.report import write_report
-from drgrpo.explain import token_grads
 from drgrpo.objective import (
     compute_advantages,
     resolve_objective,
 )
+from drgrpo.tasks.scoring import is_correct
 from drgrpo.train.policy import load_base_policy
 from drgrpo.train.trainer import train
 
@@ -94,7 +95,7 @@ def run_lineage(output: str | Path, *, quick: bool = False, presets: list[str] |
 def measure_length_penalty(cfg: TrainConfig, presets, console: Console) -> dict:
     """The gradient-level view on real rollouts of the base policy: per-token |dL/dlogp| on the
     longest third of wrong responses over that on the shortest third, under each preset."""
-    from drgrpo.train.setup import build_run
+    from drgrpo.train.run import build_run
 
     # monitor_kl off: the probe only samples, it needs no reference copy of the model.
     probe = replace(cfg, rollout=replace(cfg.rollout, prompts_per_step=32), monitor_kl=False,
@@ -104,16 +105,18 @@ def measure_length_penalty(cfg: TrainConfig, presets, console: Console) -> dict:
     examples = [
         run.task.train_example(10_000_000 + i) for i in range(probe.rollout.prompts_per_step)
     ]
-    prompts = [run.encode_prompt(ex.prompt) for ex in examples for _ in range(k)]
+    prompts = [ids for ids in run.rule.encode_prompts(run.tokenizer, [ex.prompt for ex in examples])
+               for _ in range(k)]  # fmt: skip
     refs = [ex.reference for ex in examples for _ in range(k)]
     rollouts = run.engine.generate(prompts, max_new_tokens=probe.rollout.max_new_tokens,
                                    generator=torch.Generator().manual_seed(0))  # fmt: skip
     rewards = torch.tensor(
-        run.scorer.score(run.decode_responses(rollouts), refs)[0], dtype=torch.float64
+        run.scorer.score(run.rule.decode_rollouts(run.tokenizer, rollouts), refs)[0],
+        dtype=torch.float64,
     )
     run.scorer.close()
     lengths = rollouts.response_lengths
-    wrong = (rewards < 0.5).nonzero().flatten()
+    wrong = torch.tensor([not is_correct(float(r)) for r in rewards]).nonzero().flatten()
     out = {}
     if len(wrong) < 6:
         return {"note": "too few wrong responses in the probe batch to compare lengths"}

@@ -29,11 +29,11 @@ from rich.console import Console
 from tqdm.auto import tqdm
 
 from drgrpo.config import SFTConfig
-from drgrpo.evaluate import evaluate, format_eval_table
+from drgrpo.eval import evaluate_model
 from drgrpo.models import build_model, build_tokenizer, load_policy, save_policy
-from drgrpo.rollout import HFRolloutEngine
-from drgrpo.schedule import lr_lambda
+from drgrpo.rollout import TokenRule
 from drgrpo.tasks import make_task
+from drgrpo.util.schedule import lr_lambda
 
 WARMUP_STEPS = 20
 """Linear warm-up of the learning rate, in optimizer steps."""
@@ -43,6 +43,8 @@ MAX_GRAD_NORM = 1.0
 """Global gradient-norm clip."""
 ADAM_BETAS = (0.9, 0.95)
 """AdamW betas (no weight decay)."""
+REWARD_TIMEOUT_S = 5.0
+"""Per-answer limit of the verifier in the checks and the final evaluation (faults score 0)."""
 CHECK_SEED = 1
 """The periodic checks sample with seed cfg.seed + CHECK_SEED (the final evaluation: cfg.seed)."""
 BUCKET_WINDOW = 1
@@ -65,17 +67,18 @@ class SFTBatch:
     """Real (non-pad) tokens in the batch, the unit of perf/tokens_per_s."""
 
 
-def build_batch(examples, tokenizer) -> SFTBatch:
-    """`[bos] + prompt + solution + [eos]` per example, right-padded to the batch's longest row."""
+def build_batch(examples, tokenizer, rule: TokenRule | None = None) -> SFTBatch:
+    """prompt ids + solution ids + [eos] per example (the token rule's encoding, so a BOS only
+    where the tokenizer adds one), right-padded to the batch's longest row."""
+    rule = rule or TokenRule.from_tokenizer(tokenizer)
     rows, starts = [], []
     for ex in examples:
         if ex.solution is None:
             raise ValueError(
                 f"example {ex.prompt[:40]!r} has no solution: this task cannot be SFT'd"
             )
-        prompt = [tokenizer.bos_token_id] + tokenizer.encode(ex.prompt, add_special_tokens=False)
-        response = tokenizer.encode(ex.solution, add_special_tokens=False)
-        rows.append(prompt + response + [tokenizer.eos_token_id])
+        prompt = rule.encode_prompt(tokenizer, ex.prompt)
+        rows.append(prompt + rule.sft_target(tokenizer, ex.solution))
         starts.append(len(prompt))
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -135,9 +138,8 @@ def load_start(cfg: SFTConfig):
 
 def sampled_accuracy(model, tokenizer, examples, verify, max_new_tokens: int, seed: int) -> float:
     """Mean reward of one temperature-1 sample per example (the periodic check)."""
-    engine = HFRolloutEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    result = evaluate(
-        engine, tokenizer, examples, verify, num_samples=1, ks=(1,),
+    result = evaluate_model(
+        model, tokenizer, examples, verify, reward_timeout_s=REWARD_TIMEOUT_S, num_samples=1, ks=(1,),
         max_new_tokens=max_new_tokens, temperature=1.0, greedy=False, seed=seed,
     )  # fmt: skip
     return result["accuracy"]
@@ -232,12 +234,15 @@ def _finish(cfg: SFTConfig, model, tokenizer, task, state: dict, console: Consol
         f"({state['stop_reason']}); saved {out}"
     )
     t0 = time.perf_counter()
-    engine = HFRolloutEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    result = evaluate(
-        engine, tokenizer, task.heldout(cfg.eval_prompts), task.verify, num_samples=1, ks=(1,),
-        max_new_tokens=cfg.max_new_tokens, temperature=1.0, greedy=True, seed=cfg.seed,
+    result = evaluate_model(
+        model, tokenizer, task.heldout(cfg.eval_prompts), task.verify,
+        reward_timeout_s=REWARD_TIMEOUT_S, num_samples=1, ks=(1,), max_new_tokens=cfg.max_new_tokens, temperature=1.0, greedy=True, seed=cfg.seed,
     )  # fmt: skip
-    console.print(format_eval_table(result))
+    console.print(
+        f"  (held-out, {result['num_prompts']:,} prompts: sampled accuracy "
+        f"{result['accuracy']:.3f}, greedy {result['greedy_accuracy']:.3f}, mean length "
+        f"{result['len_mean']:.1f}, truncated {result['truncated_frac']:.1%})"
+    )
     summary = {
         "steps": state["step"],
         "seconds": round(state["seconds"], 1),

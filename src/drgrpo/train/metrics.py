@@ -1,0 +1,93 @@
+"""Metric names of a run (metrics.jsonl, TensorBoard) and how each is computed, in one place.
+
+Groups as in cleanrl: reward/*, rollout/*, policy/*, optim/*, perf/*, eval/*. Correctness is
+`drgrpo.tasks.scoring.is_correct`, the rule evaluation and the SFT checks use too.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+
+from drgrpo.rollout import Rollouts
+from drgrpo.tasks.scoring import is_correct
+
+
+def step_metrics(
+    rewards: torch.Tensor,  # (N,) the task's rewards (before any KL-in-reward shaping)
+    group_size: int,
+    rollouts: Rollouts,
+    truncated: torch.Tensor,  # (N,) bool
+    totals: dict,
+    faults,
+) -> dict:
+    """The metrics of one RL step. `totals` come from `update.run_updates`: per-step means for
+    losses, token sums for clipfrac / KL / entropy (divided here by the tokens they cover)."""
+    lengths = rollouts.response_lengths.float()  # (N,)
+    correct = torch.tensor([is_correct(float(r)) for r in rewards], dtype=torch.bool)
+    correct = correct.to(lengths.device)
+    grouped = rewards.reshape(-1, group_size)
+    tokens = max(totals.get("tokens", 0.0), 1.0)
+    return {
+        "reward/mean": float(rewards.mean()),
+        "reward/std": float(rewards.std(correction=0)),
+        "reward/accuracy": float(correct.float().mean()),
+        "reward/frac_zero_std_groups": float(
+            (grouped.std(dim=1, correction=0) == 0).float().mean()
+        ),
+        "reward/errors": faults.errors,
+        "reward/timeouts": faults.timeouts,
+        "rollout/len_mean": float(lengths.mean()),
+        "rollout/len_correct": float(lengths[correct].mean()) if correct.any() else None,
+        "rollout/len_incorrect": float(lengths[~correct].mean()) if (~correct).any() else None,
+        "rollout/truncated_frac": float(truncated.float().mean()),
+        "policy/loss": totals.get("loss"),
+        "policy/pg_loss": totals.get("pg_loss"),
+        "policy/kl": totals["kl_sum"] / tokens if "kl_sum" in totals else None,
+        "policy/clipfrac": totals.get("clipped_tokens", 0.0) / tokens,
+        "policy/entropy": totals["entropy_sum"] / tokens if "entropy_sum" in totals else None,
+        "optim/grad_norm": totals["grad_norm"],
+        "optim/skipped_steps": totals["skipped_steps"],
+        "optim/steps": totals["optimizer_steps"],
+    }
+
+
+def eval_metrics(result: dict) -> dict:
+    """An `evaluate` result as eval/* metrics."""
+    out = {
+        "eval/accuracy": result["accuracy"],
+        "eval/greedy_accuracy": result.get("greedy_accuracy"),
+        "eval/len_mean": result.get("len_mean"),
+        "eval/len_correct": result.get("len_correct"),
+        "eval/len_incorrect": result.get("len_incorrect"),
+        "eval/reward_errors": result.get("reward_errors"),
+        "eval/reward_timeouts": result.get("reward_timeouts"),
+    }
+    for k, v in result["pass_at_k"].items():
+        out[f"eval/pass@{k}"] = v
+    return out
+
+
+def summarize(preset: str, base: dict, final: dict, wall_s: float, steps_done: int) -> dict:
+    """summary.json: the base and final evaluations side by side."""
+    return {
+        "preset": preset,
+        "steps": steps_done,
+        "wall_s": round(wall_s, 1),
+        "base": base,
+        "final": final,
+        "base_accuracy": base["accuracy"],
+        "final_accuracy": final["accuracy"],
+        "base_greedy_accuracy": base.get("greedy_accuracy"),
+        "final_greedy_accuracy": final.get("greedy_accuracy"),
+        "base_len_mean": base.get("len_mean"),
+        "final_len_mean": final.get("len_mean"),
+        "eval_prompts": final.get("num_prompts"),
+    }
+
+
+def mean_or_none(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(vals) if vals else None

@@ -1,0 +1,208 @@
+"""One RL step, as the list it is:
+
+1. collect     draw B prompts, repeat each K times (a group: rows b*K .. b*K+K-1), sample one
+               response per row with the current policy (`drgrpo.rollout`)
+2. score       the task's verifier through the protected scorer (faults score 0, counted);
+               the truncation policy (keep | mask_loss | zero_reward) shapes rewards or loss_mask
+3. reference   reference log-probs when the KL term or its monitor needs them; the KL-in-reward
+               placement turns rewards into r_i - beta * sum_t KL_it
+4. advantages  the objective's baseline and scale knobs over each group (`objective`)
+5. batch       old log-probs (pi_old) whenever one rollout feeds more than one optimizer step
+               (updates_per_rollout x mini_batches > 1): every step after the first is off-policy,
+               and the ratio must see how far the policy has moved
+6. update      updates_per_rollout passes x mini_batches optimizer steps, each with its own
+               normalizer Z from its whole mini-batch (`update.py`)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from drgrpo.models.logprobs import sequence_logprobs
+from drgrpo.objective import compute_advantages, kl_penalized_rewards
+from drgrpo.rollout import Rollouts
+from drgrpo.train.metrics import step_metrics
+from drgrpo.train.run import Run
+from drgrpo.train.update import TrainBatch, run_updates
+
+
+class TrainingError(RuntimeError):
+    """The run cannot usefully go on (collapse, repeated non-finite steps)."""
+
+
+@dataclass(frozen=True)
+class Collected:
+    examples: list  # B task examples
+    rollouts: Rollouts  # N = B * K rows
+    completions: list[str]  # (N,) the text each verifier call sees
+
+
+@dataclass(frozen=True)
+class Scored:
+    rewards: torch.Tensor  # (N,) after the truncation policy
+    truncated: torch.Tensor  # (N,) bool: hit max_new_tokens
+    loss_mask: torch.Tensor  # (N, T) bool: tokens the loss sees
+    faults: object  # RewardFaults
+
+
+def rl_step(run: Run, step: int) -> dict:
+    cfg = run.config
+    t0 = time.perf_counter()
+    collected = collect(run)
+    t_rollout = time.perf_counter() - t0
+    scored = score(run, collected)
+    ref_logprobs, shaped = reference(run, collected.rollouts, scored.rewards)
+    advantages = group_advantages(run, shaped)
+    batch = build_batch(run, collected.rollouts, scored.loss_mask, advantages, ref_logprobs)
+
+    t1 = time.perf_counter()
+    run.policy.train()
+    with run.autocast():
+        totals = run_updates(
+            run.policy, run.optimizer, run.scheduler, batch, cfg.objective, cfg.optim,
+            max_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+            generator=run.generator, group_size=cfg.rollout.group_size,
+        )  # fmt: skip
+    run.engine.sync_weights(run.policy)
+    t_train = time.perf_counter() - t1
+    if scored.faults.examples:
+        run.logger.write_lines("reward_faults.jsonl", step, scored.faults.examples)
+    rollouts = collected.rollouts
+    metrics = step_metrics(
+        scored.rewards, cfg.rollout.group_size, rollouts, scored.truncated, totals, scored.faults
+    )
+    elapsed = time.perf_counter() - t0
+    metrics.update({
+        "optim/lr": run.scheduler.get_last_lr()[0],
+        "perf/rollout_s": t_rollout, "perf/train_s": t_train, "perf/step_s": elapsed,
+        "perf/tokens_per_s": float(rollouts.response_mask.sum()) / elapsed,
+    })  # fmt: skip
+    _log_samples(run, step, collected, scored.rewards.tolist())
+    _check_health(run, metrics, scored.truncated)
+    return metrics
+
+
+def collect(run: Run) -> Collected:
+    """Step 1: B prompts from the data position on, K samples each."""
+    cfg, state = run.config, run.state
+    examples = [
+        run.task.train_example(state.data_pos + i) for i in range(cfg.rollout.prompts_per_step)
+    ]
+    state.data_pos += len(examples)
+    k = cfg.rollout.group_size
+    # Each prompt is encoded once and repeated: a group's rows are identical prompts.
+    encoded = run.rule.encode_prompts(run.tokenizer, [ex.prompt for ex in examples])
+    with run.autocast():
+        rollouts = run.engine.generate(
+            [ids for ids in encoded for _ in range(k)], max_new_tokens=cfg.rollout.max_new_tokens,
+            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generator=run.generator,
+        )  # fmt: skip
+    rollouts = rollouts.to(run.device)
+    return Collected(examples, rollouts, run.rule.decode_rollouts(run.tokenizer, rollouts))
+
+
+def score(run: Run, collected: Collected) -> Scored:
+    """Step 2: rewards (N,), and the truncation policy applied to rewards or the loss mask."""
+    cfg, rollouts = run.config, collected.rollouts
+    k = cfg.rollout.group_size
+    references = [ex.reference for ex in collected.examples for _ in range(k)]
+    rewards_list, faults = run.scorer.score(collected.completions, references)
+    rewards = torch.tensor(rewards_list, dtype=torch.float32, device=run.device)  # (N,)
+    truncated = torch.tensor([r == "length" for r in rollouts.finish_reason], device=run.device)
+    loss_mask = rollouts.response_mask.clone()  # (N, T)
+    if cfg.rollout.truncated == "zero_reward":
+        rewards = torch.where(truncated, torch.zeros_like(rewards), rewards)
+    elif cfg.rollout.truncated == "mask_loss":
+        loss_mask &= ~truncated.unsqueeze(1)
+    return Scored(rewards, truncated, loss_mask, faults)
+
+
+def reference(run: Run, rollouts: Rollouts, rewards: torch.Tensor):
+    """Step 3: (ref_logprobs (N, T) or None, the rewards advantages are computed from)."""
+    cfg, spec = run.config, run.config.objective
+    if not (spec.uses_reference or cfg.monitor_kl):
+        return None, rewards
+    ref_logprobs = _logprobs(run, run.reference, rollouts)
+    if spec.uses_reference and spec.kl_placement == "reward":
+        rewards = kl_penalized_rewards(
+            rewards, rollouts.sampler_logprobs, ref_logprobs, rollouts.response_mask,
+            kl_coef=spec.kl_coef, estimator=spec.kl_estimator,
+        )  # fmt: skip
+    return ref_logprobs, rewards
+
+
+def group_advantages(run: Run, rewards: torch.Tensor) -> torch.Tensor:
+    """Step 4: A_i (N,) from the objective's baseline and scale knobs."""
+    spec = run.config.objective
+    return compute_advantages(
+        rewards, run.config.rollout.group_size, baseline=spec.baseline, scale=spec.scale,
+        std_ddof=spec.std_ddof, eps=spec.adv_eps,
+    )  # fmt: skip
+
+
+def needs_old_logprobs(run: Run) -> bool:
+    """One rollout feeding more than one optimizer step: every step after the first is off-policy."""
+    optim = run.config.optim
+    return optim.updates_per_rollout * optim.mini_batches > 1
+
+
+def build_batch(run: Run, rollouts, loss_mask, advantages, ref_logprobs) -> TrainBatch:
+    """Step 5: everything the loss needs, with pi_old when the updates can be off-policy."""
+    spec, cfg = run.config.objective, run.config
+    old_logprobs = _logprobs(run, run.policy, rollouts) if needs_old_logprobs(run) else None
+    keep_ref = spec.kl_placement == "loss" or cfg.monitor_kl
+    return TrainBatch(
+        input_ids=rollouts.input_ids, attention_mask=rollouts.attention_mask,
+        response_start=rollouts.response_start, loss_mask=loss_mask, advantages=advantages,
+        old_logprobs=old_logprobs, ref_logprobs=ref_logprobs if keep_ref else None,
+    )  # fmt: skip
+
+
+def _logprobs(run: Run, model, rollouts: Rollouts) -> torch.Tensor:
+    with torch.no_grad(), run.autocast():
+        logprobs, _ = sequence_logprobs(
+            model, rollouts.input_ids, rollouts.attention_mask, rollouts.response_start,
+            temperature=run.config.rollout.temperature,
+        )  # fmt: skip
+    return logprobs
+
+
+def _log_samples(run: Run, step: int, collected: Collected, rewards: list[float]) -> None:
+    every = run.config.log_samples_every
+    if not every or step % every:
+        return
+    k = run.config.rollout.group_size
+    completions = collected.completions
+    records = [
+        {"prompt": collected.examples[i // k].prompt, "completion": completions[i],
+         "reward": rewards[i]}
+        for i in range(0, min(len(completions), 4 * k), max(1, k // 2))
+    ]  # fmt: skip
+    run.logger.write_lines("samples.jsonl", step, records)
+
+
+def _check_health(run: Run, metrics: dict, truncated: torch.Tensor) -> None:
+    cfg, state = run.config, run.state
+    state.no_eos_streak = state.no_eos_streak + 1 if bool(truncated.all()) else 0
+    if state.no_eos_streak >= cfg.no_eos_patience:
+        raise TrainingError(
+            f"collapse: for {state.no_eos_streak} steps in a row no rollout emitted a stop token. "
+            "Every response is truncated, rewards and gradients are zero, and the policy cannot "
+            "recover (an absorbing state). Lower optim.lr (and/or raise objective.kl_coef) and "
+            "restart from the base model or an earlier checkpoint."
+        )
+    skipped = metrics["optim/skipped_steps"]
+    state.nonfinite_streak = state.nonfinite_streak + skipped if skipped else 0
+    if skipped:
+        run.console.print(
+            f"[yellow]skipped {skipped} optimizer step(s): non-finite loss or gradient"
+        )
+    if state.nonfinite_streak >= cfg.max_nonfinite_steps:
+        raise TrainingError(
+            f"{state.nonfinite_streak} consecutive optimizer steps had a non-finite loss or "
+            "gradient; stopping. The last good checkpoint is intact. Lower optim.lr, set "
+            "optim.max_grad_norm, or check the model's dtype."
+        )
