@@ -43,7 +43,7 @@ def check_agreement(spec_dict: dict) -> dict:
     from drgrpo.config import build_config
     from drgrpo.models import sequence_logprobs
     from drgrpo.objective import compute_advantages
-    from drgrpo.train.step import TrainBatch, accumulate_gradients, normalizer_for
+    from drgrpo.train.update import TrainBatch, accumulate_gradients, normalizer_for
 
     spec = StepSpec(**spec_dict)
     torch.set_num_threads(spec.threads)
@@ -117,7 +117,7 @@ def check_agreement(spec_dict: dict) -> dict:
     policy.zero_grad(set_to_none=True)
     train_batch = TrainBatch(
         input_ids=input_ids, attention_mask=attention_mask, response_start=start,
-        response_mask=response_mask, advantages=advantages, ref_logprobs=ref_logprobs,
+        loss_mask=response_mask, advantages=advantages, ref_logprobs=ref_logprobs,
     )  # fmt: skip
     z = normalizer_for(objective, train_batch, spec.max_new_tokens)
     totals = accumulate_gradients(policy, train_batch, objective, z, temperature=spec.temperature)

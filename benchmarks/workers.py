@@ -152,8 +152,8 @@ def _serve_drgrpo(conn, spec: StepSpec) -> None:
     from rich.console import Console
 
     from drgrpo.config import build_config
-    from drgrpo.train.loop import rl_step
-    from drgrpo.train.setup import build_run
+    from drgrpo.train.rl_step import rl_step
+    from drgrpo.train.run import build_run
 
     out = tempfile.mkdtemp(prefix="bench-drgrpo-")
     cfg = build_config(overrides=drgrpo_overrides(spec, out))

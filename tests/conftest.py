@@ -48,7 +48,7 @@ def tiny_policy_dir(tmp_path_factory) -> str:
 def use_dense_reward(monkeypatch) -> None:
     """An untrained model never solves a task, and all-equal rewards give no gradient under a group
     baseline; this verifier pays for digits in the completion so that every step learns."""
-    from drgrpo.train import setup
+    from drgrpo.train import run as setup
 
     real_make = setup.make_task
 

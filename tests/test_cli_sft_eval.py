@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from drgrpo.cli import main
+from drgrpo.app.cli import main
 from drgrpo.config import SFTConfig
 
 EVAL_KEYS = {"accuracy", "greedy_accuracy", "pass_at_k", "len_correct", "len_incorrect",

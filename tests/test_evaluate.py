@@ -6,14 +6,22 @@ import pytest
 import torch
 from rich.console import Console
 
-from drgrpo.evaluate import evaluate, format_eval_table, pass_at_k
+from drgrpo.app.tables import format_eval_table
+from drgrpo.eval.evaluate import evaluate, pass_at_k
 from drgrpo.models import build_model, build_tokenizer
-from drgrpo.rollout import HFRolloutEngine, pack_rollouts
+from drgrpo.rollout import HFRolloutEngine, TokenRule, pack_rollouts
+from drgrpo.tasks.scoring import RewardScorer
 
 # As in tests/models/conftest.py: one intra-op thread is far faster on a shared 2-core machine.
 torch.set_num_threads(1)
 TOK = build_tokenizer()
 PAD, BOS, EOS = TOK.pad_token_id, TOK.bos_token_id, TOK.eos_token_id
+RULE = TokenRule.from_tokenizer(TOK)
+
+
+def protected(verify, timeout_s: float = 5.0):
+    """`verify` behind the scorer evaluation uses (faults score 0 and are counted)."""
+    return RewardScorer(verify, timeout_s).score
 
 
 @dataclass
@@ -92,8 +100,9 @@ def test_evaluate_counts_by_hand():
         greedy={"1+1=": "2", "2+3=": "4"},
     )
     result = evaluate(
-        engine, TOK, examples, exact, num_samples=4, ks=(1, 2, 4), max_new_tokens=6, batch_size=3
-    )
+        engine, TOK, RULE, examples, protected(exact), num_samples=4, ks=(1, 2, 4),
+        max_new_tokens=6, batch_size=3,
+    )  # fmt: skip
     # 8 samples, 2 correct ("2", "2", both for prompt 1): accuracy 2/8.
     assert result["accuracy"] == 0.25
     assert result["greedy_accuracy"] == 0.5
@@ -112,21 +121,21 @@ def test_evaluate_counts_by_hand():
 
 def test_evaluate_with_a_real_engine_and_table():
     model = build_model("tiny", len(TOK), num_hidden_layers=1)
-    engine = HFRolloutEngine(model, eos_token_id=EOS, pad_token_id=PAD)
+    engine = HFRolloutEngine(model, RULE.stop_ids, RULE.pad_id)
     examples = [Example("12+34=", "46"), Example("5+5=", "10"), Example("7=", "7")]
     result = evaluate(
-        engine, TOK, examples, lambda completion, ref: 1.0, num_samples=2, ks=(1, 2),
+        engine, TOK, RULE, examples, protected(lambda completion, ref: 1.0), num_samples=2, ks=(1, 2),
         max_new_tokens=8, greedy=False,
     )  # fmt: skip
     assert result["accuracy"] == 1.0 and result["pass_at_k"] == {"1": 1.0, "2": 1.0}
     assert result["greedy_accuracy"] is None and result["len_incorrect"] is None
     assert 1 <= result["len_correct"] == result["len_mean"] <= 8
     again = evaluate(
-        engine, TOK, examples, lambda c, r: float(len(c) % 2), num_samples=2, ks=(1,),
+        engine, TOK, RULE, examples, protected(lambda c, r: float(len(c) % 2)), num_samples=2, ks=(1,),
         max_new_tokens=8, seed=1,
     )  # fmt: skip
     assert again == evaluate(
-        engine, TOK, examples, lambda c, r: float(len(c) % 2), num_samples=2, ks=(1,),
+        engine, TOK, RULE, examples, protected(lambda c, r: float(len(c) % 2)), num_samples=2, ks=(1,),
         max_new_tokens=8, seed=1,
     )  # fmt: skip
     console = Console(width=80, record=True)
@@ -137,4 +146,35 @@ def test_evaluate_with_a_real_engine_and_table():
 
 def test_evaluate_rejects_k_above_num_samples():
     with pytest.raises(ValueError, match="ks"):
-        evaluate(None, TOK, [Example("1=", "1")], exact, num_samples=2, ks=(4,), max_new_tokens=4)
+        evaluate(None, TOK, RULE, [Example("1=", "1")], protected(exact), num_samples=2, ks=(4,),
+                 max_new_tokens=4)  # fmt: skip
+
+
+def test_evaluate_routes_the_verifier_through_the_protected_scorer():
+    """A verifier that raises on one answer scores it 0 and is counted; evaluation goes on."""
+    examples = [Example("1+1=", "2")]
+    engine = ScriptedEngine(script={"1+1=": ["2", "boom", "2", "3"]}, greedy={"1+1=": "boom"})
+
+    def fragile(completion, reference):
+        if completion == "boom":
+            raise RuntimeError("verifier bug")
+        return exact(completion, reference)
+
+    result = evaluate(engine, TOK, RULE, examples, protected(fragile), num_samples=4, ks=(1,),
+                      max_new_tokens=6)  # fmt: skip
+    assert result["accuracy"] == 0.5 and result["greedy_accuracy"] == 0.0
+    assert result["reward_errors"] == 2 and result["reward_timeouts"] == 0
+
+
+def test_the_verifier_sees_special_tokens_but_not_the_stop_token():
+    """One decode rule for train and eval: the stop id that ended a row is dropped, anything else
+    the model wrote (a special token mid-answer included) is kept."""
+    ids = (
+        TOK.encode("4", add_special_tokens=False)
+        + [BOS]
+        + TOK.encode("2", add_special_tokens=False)
+    )
+    assert RULE.response_text(TOK, [*ids, EOS], stopped=True) == "4<bos>2"
+    assert RULE.response_text(TOK, ids, stopped=False) == "4<bos>2"
+    rollouts = pack_rollouts([[BOS, 5]], [[*ids, EOS]], [[0.0] * 4], ["stop"], PAD)
+    assert RULE.decode_rollouts(TOK, rollouts) == ["4<bos>2"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from drgrpo.cli import main
-from drgrpo.experiments.report import final_values
+from drgrpo.app.cli import main
+from drgrpo.app.experiments.report import final_values
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_final_values_average_the_first_and_last_window(tmp_path):
 
 
 def test_the_report_keeps_its_numbers_without_matplotlib(tmp_path, monkeypatch):
-    from drgrpo.experiments import report
+    from drgrpo.app.experiments import report
 
     def no_matplotlib(*args, **kwargs):
         raise ImportError("No module named 'matplotlib'")

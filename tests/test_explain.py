@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from drgrpo.explain import ADVANTAGE_PRESETS, LENGTH_PRESETS, group_advantages, length_gradients
+from drgrpo.app.explain import ADVANTAGE_PRESETS, LENGTH_PRESETS, group_advantages, length_gradients
 
 SQRT3 = math.sqrt(3.0)
 

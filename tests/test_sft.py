@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import drgrpo.sft as sft
+import drgrpo.sft.warm_start as sft
 from drgrpo.config import SFTConfig, TaskConfig, build_sft_config
 from drgrpo.models import build_model, build_tokenizer, load_policy
 from drgrpo.tasks import Example, make_task

@@ -34,10 +34,15 @@ def test_round_trip_any_ascii_text(tokenizer, text):
     assert tokenizer.decode(ids) == text
 
 
-def test_no_automatic_bos_or_eos(tokenizer):
-    with_specials = tokenizer("7+8=")["input_ids"]
-    assert with_specials == tokenizer.encode("7+8=", add_special_tokens=False)
-    assert BOS_ID not in with_specials and EOS_ID not in with_specials
+def test_bos_by_its_own_convention_and_never_eos(tokenizer, tmp_path):
+    """`tokenizer(prompt)` in plain transformers gives the ids drgrpo trains on: BOS + text."""
+    plain = tokenizer.encode("7+8=", add_special_tokens=False)
+    assert tokenizer("7+8=")["input_ids"] == [BOS_ID, *plain]
+    assert EOS_ID not in tokenizer("7+8=")["input_ids"]
+    tokenizer.save_pretrained(tmp_path)  # the exported tokenizer keeps the convention
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path)("7+8=")["input_ids"] == [BOS_ID, *plain]
 
 
 def test_non_ascii_is_unk_and_special_tokens_decode_by_name(tokenizer):

@@ -45,7 +45,7 @@ def with_eos_bias(model, bonus):
 
 @pytest.fixture()
 def engine64(model64):
-    return HFRolloutEngine(model64, eos_token_id=EOS, pad_token_id=PAD)
+    return HFRolloutEngine(model64, EOS, PAD)
 
 
 def test_greedy_equals_naive_argmax_loop(engine64, model64):
@@ -167,11 +167,54 @@ def test_sampling_frequencies_follow_the_tempered_softmax(engine64):
 
 
 def test_rejects_bad_arguments(engine64):
-    with pytest.raises(ValueError, match="must differ"):
-        HFRolloutEngine(engine64.model, eos_token_id=2, pad_token_id=2)
+    with pytest.raises(ValueError, match="stop id"):
+        HFRolloutEngine(engine64.model, [], PAD)
     with pytest.raises(ValueError, match="at least one token"):
         engine64.generate([[BOS], []], max_new_tokens=2)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         engine64.generate([[BOS]], max_new_tokens=600)
     with pytest.raises(ValueError, match="not both"):
         engine64.generate([[BOS]], max_new_tokens=2, seed=1, generator=torch.Generator())
+
+
+def test_stops_on_any_id_of_the_set_and_the_mask_keeps_that_stop(engine64):
+    """Greedy rows end at the first token that is in the stop set; the stop token is inside the
+    response mask, nothing after it is, and finish_reason says stop."""
+    prompts = [[BOS, 20 + i] for i in range(6)]
+    free = engine64.generate(prompts, max_new_tokens=12, temperature=0)
+    # Whatever greedy would emit first on each row becomes a stop id, plus the real EOS.
+    stops = {EOS, *free.response_ids[:, 0].tolist()} - {PAD}
+    out = HFRolloutEngine(engine64.model, stops, PAD).generate(prompts, max_new_tokens=12,
+                                                              temperature=0)  # fmt: skip
+    for row in range(len(prompts)):
+        ids = out.response_ids[row][out.response_mask[row]].tolist()
+        assert ids[-1] in stops and not set(ids[:-1]) & stops
+        assert out.finish_reason[row] == "stop"
+        assert ids == free.response_ids[row, : len(ids)].tolist()  # same tokens up to the stop
+
+
+def test_pad_equal_to_eos_is_allowed_and_a_non_stop_pad_is_never_sampled(engine64):
+    """pad == eos (Qwen2.5-Math): the row stops on it and keeps it in the mask. A pad id that is
+    not a stop id is banned from sampling even when the model favours it."""
+    prompts = [[BOS, 30 + i] for i in range(4)] * 4
+    same = HFRolloutEngine(engine64.model, EOS, EOS).generate(prompts, max_new_tokens=16, seed=0)
+    ref = HFRolloutEngine(engine64.model, EOS, PAD).generate(prompts, max_new_tokens=16, seed=0)
+    assert torch.equal(same.response_mask, ref.response_mask)
+    assert same.finish_reason == ref.finish_reason
+    # Make PAD the model's favourite token: it must still never appear inside a response.
+    import copy
+
+    biased = copy.deepcopy(engine64.model)
+    with torch.no_grad():
+        ids = torch.tensor(prompts)
+        hidden = biased.model(input_ids=ids).last_hidden_state.flatten(0, 1)  # (rows*cols, h)
+        direction = hidden.mean(0)
+        biased.get_output_embeddings().weight[PAD] = 40 * direction / direction.norm() ** 2
+    # Control: where pad is a stop id it is not banned, and the biased model does pick it.
+    control = HFRolloutEngine(biased, [EOS, PAD], PAD).generate(prompts, max_new_tokens=8,
+                                                                temperature=0)  # fmt: skip
+    assert (control.response_ids[:, 0] == PAD).float().mean() > 0.5
+    out = HFRolloutEngine(biased, EOS, PAD).generate(prompts, max_new_tokens=8, seed=0)
+    assert not (out.response_ids[out.response_mask] == PAD).any()
+    greedy = HFRolloutEngine(biased, EOS, PAD).generate(prompts, max_new_tokens=8, temperature=0)
+    assert not (greedy.response_ids[greedy.response_mask] == PAD).any()

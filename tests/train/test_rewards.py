@@ -8,7 +8,7 @@ import time
 import pytest
 
 from drgrpo.tasks import make_task
-from drgrpo.train.rewards import RewardScorer
+from drgrpo.tasks.scoring import RewardScorer
 
 
 def flaky(completion: str, reference: str) -> float:

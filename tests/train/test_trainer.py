@@ -10,12 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from drgrpo.cli import main
+from drgrpo.app.cli import main
 from drgrpo.train import checkpoint as ckpt_mod
-from drgrpo.train import loop, step
+from drgrpo.train import rl_step as loop
+from drgrpo.train import update as step
 from drgrpo.train.checkpoint import CheckpointError, list_checkpoints
 from drgrpo.train.logging import read_metrics
-from drgrpo.train.loop import TrainingError
+from drgrpo.train.rl_step import TrainingError
 from drgrpo.train.trainer import train
 
 QUIET = {"progress": False}
@@ -54,8 +55,7 @@ def test_training_changes_the_policy_and_writes_the_run_folder(
     cfg = small_run()
     summary = train(cfg, **QUIET)
     run = cfg.output_dir
-    for name in ("config.json", "metrics.jsonl", "samples.jsonl", "summary.json",
-                 "plots/training.png"):  # fmt: skip
+    for name in ("config.json", "metrics.jsonl", "samples.jsonl", "summary.json"):
         assert (Path(run) / name).exists(), name
     assert summary["steps"] == 4 and summary["preset"] == "dr_grpo"
     base = load_file(f"{tiny_policy_dir}/model.safetensors")
@@ -72,12 +72,29 @@ def test_one_update_without_kl_spends_no_extra_forward(small_run, monkeypatch):
     train(small_run("steps=2", "optim.updates_per_rollout=2", name="b"), **QUIET)
     assert len(calls) == 2  # one old-logprob pass per step
     calls.clear()
+    # Two mini-batches of one rollout: the second optimizer step is off-policy, so pi_old is
+    # computed (once per rollout) even with a single pass.
+    train(small_run("steps=2", "optim.mini_batches=2", name="m"), **QUIET)
+    assert len(calls) == 2
+    calls.clear()
     train(small_run("steps=2", "objective.kl_coef=0.1", name="c"), **QUIET)
     assert len(calls) == 2  # one reference pass per step
 
 
+def test_second_mini_batch_of_a_rollout_is_clipped_against_pi_old(small_run, dense_reward):
+    """With mini_batches=2 and one pass, the first optimizer step moves the policy; the second
+    mini-batch must see ratio != 1 (before pi_old was computed here, its ratio was exactly 1 and
+    the clip could never act, so clipfrac stayed 0)."""
+    cfg = small_run("steps=3", "optim.mini_batches=2", "optim.lr=5e-2",
+                    "optim.max_grad_norm=0")  # fmt: skip
+    train(cfg, **QUIET)
+    rows = [r for r in read_metrics(cfg.output_dir) if "policy/clipfrac" in r]
+    assert max(r["policy/clipfrac"] for r in rows) > 0
+    assert all(r["optim/steps"] == 2 for r in rows)
+
+
 def test_reward_function_that_raises_or_hangs_scores_zero(small_run, monkeypatch):
-    from drgrpo.train import setup
+    from drgrpo.train import run as setup
 
     real_make = setup.make_task
 
@@ -176,6 +193,7 @@ def test_cli_train_end_to_end(tiny_policy_dir, tmp_path, capsys):
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["preset"] == "grpo" and summary["steps"] == 2
+    assert (out / "plots" / "training.png").is_file()  # the front end plots, the trainer does not
     saved = json.loads((out / "config.json").read_text())
     assert saved["objective"]["scale"] == "group_std"
     assert "(1/|y_i|)" in capsys.readouterr().out  # the resolved formula is printed

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from drgrpo.config import OptimConfig
 from drgrpo.models import build_model
 from drgrpo.objective import resolve_objective
-from drgrpo.train.step import TrainBatch, accumulate_gradients, normalizer_for, run_updates
+from drgrpo.train.update import TrainBatch, accumulate_gradients, normalizer_for, run_updates
 
 MODES = [
     ("seq_mean_token_mean", "num_sequences"),
@@ -37,7 +38,7 @@ def random_batch(seed: int = 0, n: int = 8, p: int = 5, t: int = 7, kl: bool = T
         input_ids=ids,
         attention_mask=attention,
         response_start=p,
-        response_mask=response_mask,
+        loss_mask=response_mask,
         advantages=torch.randn(n, generator=g, dtype=torch.float64),
         old_logprobs=-torch.rand(n, t, generator=g, dtype=torch.float64) * 4,
         ref_logprobs=-torch.rand(n, t, generator=g, dtype=torch.float64) * 4 if kl else None,
@@ -73,7 +74,7 @@ def test_select_cuts_padding_without_changing_the_loss():
     # Every kept row keeps all of its real tokens.
     for i, row in enumerate([1, 4]):
         assert int(part.attention_mask[i].sum()) == int(batch.attention_mask[row].sum())
-        assert int(part.response_mask[i].sum()) == int(batch.response_mask[row].sum())
+        assert int(part.loss_mask[i].sum()) == int(batch.loss_mask[row].sum())
     z = normalizer_for(spec, batch, max_tokens=7)
     m1, m2 = tiny_model(), tiny_model()
     full = accumulate_gradients(m1, batch.select(torch.tensor([1, 4])), spec, z, with_entropy=False)
@@ -91,9 +92,37 @@ def test_nonfinite_step_is_skipped_and_parameters_do_not_move():
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
-    out = run_updates(model, opt, sched, bad, spec, updates_per_rollout=2, mini_batches=2,
-                      micro_batch_size=0, max_grad_norm=1.0, max_tokens=7, temperature=1.0,
+    optim = OptimConfig(updates_per_rollout=2, mini_batches=2, max_grad_norm=1.0)
+    out = run_updates(model, opt, sched, bad, spec, optim, max_tokens=7, temperature=1.0,
                       generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert out["skipped_steps"] == 4 and out["optimizer_steps"] == 4
     for a, b in zip(before, model.parameters(), strict=True):
         assert torch.equal(a, b.detach())
+
+
+def test_policy_loss_is_a_mean_over_optimizer_steps_not_a_sum():
+    """With lr = 0 every optimizer step sees the same policy, so each of the 2 x 2 steps has
+    the loss of its mini-batch. Under Dr.GRPO's sum / N, a mini-batch of 4 of the 8 rows has
+    loss S_mb / 4, and the two of a pass average to (S_1 + S_2) / 8: the whole batch's loss,
+    whatever the shuffle. The reported loss is that mean (the old sum was 4x it)."""
+    spec = resolve_objective("dr_grpo")
+    batch = random_batch(kl=False)
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    optim = OptimConfig(updates_per_rollout=2, mini_batches=2, max_grad_norm=0.0)
+    out = run_updates(model, opt, sched, batch, spec, optim, max_tokens=7, temperature=1.0,
+                      generator=torch.Generator().manual_seed(0), group_size=2)  # fmt: skip
+    want = accumulate_gradients(model, batch, spec, normalizer_for(spec, batch, 7))["loss"]
+    assert out["optimizer_steps"] == 4
+    assert out["loss"] == pytest.approx(want, rel=1e-12)
+
+
+def test_mini_batches_hold_whole_groups():
+    from drgrpo.train.update import _mini_batch_rows
+
+    rows = _mini_batch_rows(6, 4, 3, torch.Generator().manual_seed(1))
+    assert sorted(torch.cat(rows).tolist()) == list(range(24))
+    for part in rows:
+        groups = {int(r) // 4 for r in part}
+        assert len(part) == 8 and len(groups) == 2  # two complete groups of 4 rows each
