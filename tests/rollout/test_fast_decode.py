@@ -1,4 +1,4 @@
-"""The preallocated-cache decode step (`_LlamaStepper`) against the model's own forward.
+"""The preallocated-cache decode step (`LlamaStepper`) against the model's own forward.
 
 `fast_decode=False` steps through `decoder(...)` with a DynamicCache, the path any HF model
 takes; the fast path must give the same greedy tokens and the same sampler log-probs, while
@@ -11,7 +11,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from drgrpo.models import build_model
 from drgrpo.rollout import HFRolloutEngine
-from drgrpo.rollout.hf import _LlamaStepper
+from drgrpo.rollout.hf_fast import LlamaStepper
 
 PAD, BOS, EOS = 0, 1, 2
 PROMPTS = [[BOS, 20, 15, 21, 33], [BOS, 22], [BOS, 23, 15, 24], [BOS], [BOS, 40, 41]]
@@ -48,11 +48,11 @@ def model(request, tokenizer):
 
 
 def test_fast_path_is_taken_for_llama_and_qwen2(model, monkeypatch):
-    assert _LlamaStepper.supports(model)
+    assert LlamaStepper.supports(model)
     built = []
-    init = _LlamaStepper.__init__
+    init = LlamaStepper.__init__
     monkeypatch.setattr(
-        _LlamaStepper, "__init__", lambda self, *a, **k: built.append(1) or init(self, *a, **k)
+        LlamaStepper, "__init__", lambda self, *a, **k: built.append(1) or init(self, *a, **k)
     )
     HFRolloutEngine(model, EOS, PAD).generate(PROMPTS, max_new_tokens=3, temperature=0)
     assert built == [1]
@@ -104,12 +104,12 @@ def test_finished_rows_leave_the_batch(tokenizer):
 def test_unsupported_models_take_the_generic_path(tokenizer, monkeypatch):
     model = llama(tokenizer)
     model.config.model_type = "something-else"
-    assert not _LlamaStepper.supports(model)
+    assert not LlamaStepper.supports(model)
 
     def refuse(*args, **kwargs):
         raise AssertionError("the fast stepper was used for an unsupported model")
 
-    monkeypatch.setattr(_LlamaStepper, "__init__", refuse)
+    monkeypatch.setattr(LlamaStepper, "__init__", refuse)
     sizes = []
     hook = model.get_decoder().embed_tokens.register_forward_hook(
         lambda m, args, out: sizes.append(out.shape[0])
@@ -129,7 +129,7 @@ def test_transposed_head_copy_gives_the_same_rollout(model, monkeypatch):
     from drgrpo.rollout import hf
 
     calls = []
-    monkeypatch.setattr(hf, "_transpose_pays", lambda head, steps: calls.append(steps) or True)
+    monkeypatch.setattr(hf, "transpose_pays", lambda head, steps: calls.append(steps) or True)
     fast = HFRolloutEngine(model, EOS, PAD).generate(PROMPTS * 2, max_new_tokens=12, temperature=0)
     slow = HFRolloutEngine(model, EOS, PAD, fast_decode=False).generate(
         PROMPTS * 2, max_new_tokens=12, temperature=0
