@@ -26,7 +26,9 @@ class ModelConfig:
     device: str = "auto"
     """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
     dtype: str = "float32"
-    """Parameter dtype: float32 | bfloat16. On CUDA, float32 weights train under bf16 autocast."""
+    """Compute dtype: float32 | bfloat16. Parameters and optimizer state stay float32 either way
+    (master weights, so small updates are not rounded away); bfloat16 runs every forward and
+    backward under bf16 autocast (CPU or CUDA) and keeps the frozen reference model in bf16."""
 
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))

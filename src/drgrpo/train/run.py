@@ -82,10 +82,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(device: torch.device) -> Callable:
-    """bf16 autocast on CUDA (fp32 weights stay the master copy), nothing elsewhere."""
-    if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast_for(device: torch.device, compute_dtype: str) -> Callable:
+    """The context every forward runs in. Parameters and optimizer state are always fp32 (the
+    master weights: a bf16 parameter rounds an lr-1e-6 AdamW update away, Micikevicius et al.
+    2018); compute_dtype=bfloat16 runs the matmuls under bf16 autocast, on CPU and CUDA alike."""
+    if compute_dtype == "bfloat16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext
 
 
@@ -97,14 +99,15 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     device = pick_device(cfg.model.device)
-    dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
     policy, tokenizer, base_path = load_base_policy(cfg, console=console)
-    policy = policy.to(device=device, dtype=dtype)
+    policy = policy.to(device=device, dtype=torch.float32)  # master weights (autocast_for)
     rule = TokenRule.from_tokenizer(tokenizer, getattr(policy, "generation_config", None))
     reference = None
     if cfg.objective.uses_reference or cfg.monitor_kl:
         # The reference is the base policy, frozen; on resume it is still the base, not the checkpoint.
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        if cfg.model.dtype == "bfloat16":  # frozen: it needs no fp32 master copy
+            reference = reference.to(torch.bfloat16)
     if ckpt is not None:
         check_model_matches(ckpt, policy)
         _load_weights(policy, ckpt / "model")
@@ -123,7 +126,7 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         optimizer=optimizer, scheduler=scheduler, generator=generator,
         scorer=RewardScorer(task.verify, cfg.rollout.reward_timeout_s),
         logger=RunLogger(run_dir, cfg.tensorboard, resume_step=state.step),
-        console=console, autocast=autocast_for(device), base_path=str(base_path), state=state,
+        console=console, autocast=autocast_for(device, cfg.model.dtype), base_path=str(base_path), state=state,
     )  # fmt: skip
 
 
