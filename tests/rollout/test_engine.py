@@ -27,3 +27,18 @@ def test_pack_rollouts_and_helpers():
     moved = out.to("cpu")
     assert torch.equal(moved.response_ids, out.response_ids)
     assert moved.finish_reason == out.finish_reason
+
+
+def test_concat_rollouts_repads_parts_to_the_widest():
+    from drgrpo.rollout import concat_rollouts
+
+    a = pack_rollouts([[1, 5]], [[7, 2]], [[-0.5, -0.25]], ["stop"], 0)
+    b = pack_rollouts([[1, 5, 6, 8]], [[9]], [[-1.0]], ["length"], 0)
+    both = concat_rollouts([a, b], 0)
+    assert both.prompt_ids.tolist() == [[0, 0, 1, 5], [1, 5, 6, 8]]
+    assert both.prompt_mask.tolist() == [[False, False, True, True], [True] * 4]
+    assert both.response_ids.tolist() == [[7, 2], [9, 0]]
+    assert both.response_mask.tolist() == [[True, True], [True, False]]
+    assert both.sampler_logprobs.tolist() == [[-0.5, -0.25], [-1.0, 0.0]]
+    assert both.finish_reason == ["stop", "length"]
+    assert concat_rollouts([a], 0) is a

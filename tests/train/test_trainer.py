@@ -203,3 +203,31 @@ def test_cli_config_error_names_the_field(capsys):
     assert main(["train", "rollout.group_sise=4"]) == 2
     err = capsys.readouterr().err
     assert "group_sise" in err and "group_size" in err
+
+
+def test_rollouts_are_generated_in_chunks_of_whole_groups(small_run, monkeypatch):
+    from drgrpo.rollout.hf import HFRolloutEngine
+
+    sizes = []
+    real = HFRolloutEngine.generate
+
+    def recording(self, prompt_ids, **kwargs):
+        sizes.append(len(prompt_ids))
+        return real(self, prompt_ids, **kwargs)
+
+    monkeypatch.setattr(HFRolloutEngine, "generate", recording)
+    cfg = small_run("steps=2", "rollout.prompts_per_step=4", "rollout.chunk_rows=6",
+                    "eval.every=0", "eval.greedy=false", "eval.num_prompts=1",
+                    "eval.num_samples=1", "eval.ks=[1]")  # fmt: skip
+    train(cfg, **QUIET)
+    training_calls = sizes[1:-1]  # the first and the last call are the evaluations
+    assert training_calls == [6, 6, 6, 6]  # 4 prompts x 3 samples = 12 rows, in chunks of 6
+    rows = [r for r in read_metrics(cfg.output_dir) if "rollout/len_mean" in r]
+    assert len(rows) == 2
+
+
+def test_chunk_rows_must_hold_whole_groups():
+    from drgrpo.config import build_config
+
+    with pytest.raises(ValueError, match="multiple of rollout.group_size"):
+        build_config(overrides=["rollout.group_size=4", "rollout.chunk_rows=6"])

@@ -276,12 +276,29 @@ def _load_eval_policy(model_dir: str, device: str):
     return model.eval(), tokenizer
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="a run's checkpoint as a standard Hugging Face folder")
+    p.add_argument("checkpoint", help="checkpoints/step-NNNNNN, or a run folder (its newest)")
+    p.add_argument("output", help="folder to write (config, safetensors, generation_config, "
+                   "tokenizer)")  # fmt: skip
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="cast the weights (default: as trained, float32)")  # fmt: skip
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from drgrpo.train.export import export_checkpoint
+
+    print(export_checkpoint(args.checkpoint, args.output, dtype=args.dtype))
+    return 0
+
+
 COMMANDS = {
     "explain": (_add_explain, _run_explain),
     "train": (_add_train, _run_train),
     "plot": (_add_plot, _run_plot),
     "sft": (_add_sft, _run_sft),
     "eval": (_add_eval, _run_eval),
+    "export": (_add_export, _run_export),
     "experiment": (experiment_command.add_parser, experiment_command.run),
 }
 

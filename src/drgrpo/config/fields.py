@@ -59,6 +59,9 @@ class RolloutConfig:
     truncated: str = "keep"
     """What to do with a response that hit max_new_tokens: keep | mask_loss (no gradient) |
     zero_reward (scored 0)."""
+    chunk_rows: int = 0
+    """Rows generated per engine call (whole groups: a multiple of group_size); the KV cache and
+    the decode batch then scale with this, not with prompts x samples. 0 = all N rows at once."""
     reward_timeout_s: float = 5.0
     """A verifier call slower than this scores 0 and is counted in reward/timeouts."""
 
@@ -71,6 +74,11 @@ class RolloutConfig:
         if not 0 < self.top_p <= 1:
             raise ValueError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
         _choice("rollout.truncated", self.truncated, ("keep", "mask_loss", "zero_reward"))
+        if self.chunk_rows < 0 or self.chunk_rows % self.group_size:
+            raise ValueError(
+                f"rollout.chunk_rows={self.chunk_rows} must be 0 or a multiple of "
+                f"rollout.group_size={self.group_size} (chunks hold whole groups)"
+            )
         _positive("rollout.reward_timeout_s", self.reward_timeout_s)
 
     @property

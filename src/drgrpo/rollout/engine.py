@@ -128,3 +128,25 @@ def pack_rollouts(
     lengths = torch.tensor([len(r) for r in response_ids])
     response_mask = torch.arange(width)[None, :] < lengths[:, None]
     return Rollouts(prompts, prompt_mask, responses, response_mask, logprobs, list(finish_reason))
+
+
+def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
+    """One `Rollouts` from several (chunks generated one after the other), rows in order:
+    prompts left-padded and responses right-padded to the widest part."""
+    if len(parts) == 1:
+        return parts[0]
+    p = max(r.prompt_ids.shape[1] for r in parts)
+    t = max(r.response_ids.shape[1] for r in parts)
+
+    def widen(x: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+        extra = width - x.shape[1]
+        return torch.nn.functional.pad(x, (extra, 0) if left else (0, extra), value=value)
+
+    return Rollouts(
+        prompt_ids=torch.cat([widen(r.prompt_ids, p, pad_id, True) for r in parts]),
+        prompt_mask=torch.cat([widen(r.prompt_mask, p, False, True) for r in parts]),
+        response_ids=torch.cat([widen(r.response_ids, t, pad_id, False) for r in parts]),
+        response_mask=torch.cat([widen(r.response_mask, t, False, False) for r in parts]),
+        sampler_logprobs=torch.cat([widen(r.sampler_logprobs, t, 0.0, False) for r in parts]),
+        finish_reason=[f for r in parts for f in r.finish_reason],
+    )

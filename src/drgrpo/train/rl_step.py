@@ -23,7 +23,7 @@ import torch
 
 from drgrpo.models.logprobs import sequence_logprobs
 from drgrpo.objective import compute_advantages, kl_penalized_rewards
-from drgrpo.rollout import Rollouts
+from drgrpo.rollout import Rollouts, concat_rollouts
 from drgrpo.train.metrics import step_metrics
 from drgrpo.train.run import Run
 from drgrpo.train.update import TrainBatch, run_updates
@@ -95,12 +95,17 @@ def collect(run: Run) -> Collected:
     k = cfg.rollout.group_size
     # Each prompt is encoded once and repeated: a group's rows are identical prompts.
     encoded = run.rule.encode_prompts(run.tokenizer, [ex.prompt for ex in examples])
+    prompts = [ids for ids in encoded for _ in range(k)]
+    chunk = cfg.rollout.chunk_rows or len(prompts)
+    parts = []
     with run.autocast():
-        rollouts = run.engine.generate(
-            [ids for ids in encoded for _ in range(k)], max_new_tokens=cfg.rollout.max_new_tokens,
-            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generator=run.generator,
-        )  # fmt: skip
-    rollouts = rollouts.to(run.device)
+        for lo in range(0, len(prompts), chunk):
+            parts.append(run.engine.generate(
+                prompts[lo : lo + chunk], max_new_tokens=cfg.rollout.max_new_tokens,
+                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                generator=run.generator,
+            ).to(run.device))  # fmt: skip
+    rollouts = concat_rollouts(parts, run.rule.pad_id)
     return Collected(examples, rollouts, run.rule.decode_rollouts(run.tokenizer, rollouts))
 
 

@@ -16,6 +16,7 @@ from drgrpo.config import TrainConfig
 from drgrpo.eval import evaluate
 from drgrpo.objective import render_formula
 from drgrpo.train.checkpoint import save_checkpoint
+from drgrpo.train.export import export_model
 from drgrpo.train.metrics import eval_metrics, summarize
 from drgrpo.train.rl_step import rl_step
 from drgrpo.train.run import Run, build_run
@@ -71,6 +72,11 @@ def _session(run: Run, stop_at_step: int | None, start: float, progress: bool) -
     summary = summarize(cfg.objective.name, run.state.base_eval, final,
                         time.perf_counter() - start, step)  # fmt: skip
     summary["run_dir"] = str(run.run_dir)
+    final_dir = export_model(
+        run.policy, run.tokenizer, run.rule, run.run_dir / "final",
+        source={"run_dir": str(run.run_dir), "step": step, "config": cfg.to_dict()},
+    )  # fmt: skip
+    summary["final_model"] = str(final_dir)
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
