@@ -33,10 +33,11 @@ def objective_loss(
     """Return (loss, stats). Stats are detached sums over this batch's loss tokens, so that
     they add up across micro-batches: pg_loss, kl_loss, kl_sum, clipped_tokens, tokens, and with
     sampler_logprobs: mismatch_kl_sum, behavior_corrected_tokens."""
-    # Padding may hold any value (even -inf); where the mask is off, the old and reference
-    # log-probs are replaced by the current ones (ratio 1, KL 0) so that no inf * 0 = NaN
-    # reaches the loss or its gradient.
+    # Padding may hold any value (even -inf, in any of the inputs); where the mask is off, every
+    # log-prob is replaced by 0 (ratio 1, KL 0, CISPO's log pi 0) so that no inf - inf or
+    # inf * 0 = NaN reaches the loss or its gradient (which is exactly 0 there).
     valid = loss_mask.bool()
+    logprobs = torch.where(valid, logprobs, 0.0)
     old_logprobs = torch.where(valid, old_logprobs, logprobs.detach())
     if ref_logprobs is not None:
         ref_logprobs = torch.where(valid, ref_logprobs, logprobs.detach())
@@ -51,7 +52,6 @@ def objective_loss(
         ratio_level=spec.ratio_level,
         loss_mask=loss_mask,
     )
-    pg_tok = torch.where(valid, pg_tok, 0.0)  # CISPO's loss holds log pi itself (-inf on padding)
     mask = loss_mask.to(logprobs.dtype)
     stats: dict[str, torch.Tensor] = {}
     kept = valid
