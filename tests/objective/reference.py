@@ -255,7 +255,9 @@ def trl_sequence_loss(per_token_logps, old_per_token_logps, advantages, completi
     coef_2 = torch.clamp(coef_1, 1 - epsilon_low, 1 + epsilon_high)
     adv = advantages.unsqueeze(1)
     per_token_loss = -torch.min(coef_1 * adv, coef_2 * adv)
-    return ((per_token_loss * completion_mask).sum(-1) / completion_mask.sum(-1).clamp(min=1.0)).mean()
+    return (
+        (per_token_loss * completion_mask).sum(-1) / completion_mask.sum(-1).clamp(min=1.0)
+    ).mean()
 
 
 def verl_cispo_loss(old_log_prob, log_prob, advantages, response_mask, clip_low, clip_high):

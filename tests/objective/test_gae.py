@@ -52,7 +52,9 @@ def test_gae_with_lambda_1_and_gamma_1_is_the_return_minus_the_value():
 def test_gae_with_lambda_0_is_the_td_error():
     # lam = 0: A_t = r_t + gamma V_{t+1} - V_t; gamma = 0.5, V = [1, 2], r = [0, 3]
     # A_0 = 0 + 0.5 * 2 - 1 = 0;  A_1 = 3 + 0 - 2 = 1
-    adv, _ = gae_advantages_and_returns(t([[0.0, 3.0]]), t([[1.0, 2.0]]), torch.ones(1, 2), 0.5, 0.0)
+    adv, _ = gae_advantages_and_returns(
+        t([[0.0, 3.0]]), t([[1.0, 2.0]]), torch.ones(1, 2), 0.5, 0.0
+    )
     torch.testing.assert_close(adv, t([[0.0, 1.0]]), **TIGHT)
 
 
@@ -71,7 +73,9 @@ def random_rows(seed, n=5, t_max=7):
 def test_gae_matches_the_slow_loop(seed, gamma, lam):
     rewards, values, mask, lengths = random_rows(seed)
     adv, ret = gae_advantages_and_returns(rewards, values, mask, gamma, lam)
-    ref_adv, ref_ret = reference.gae_loop(rewards.tolist(), values.tolist(), lengths.tolist(), gamma, lam)
+    ref_adv, ref_ret = reference.gae_loop(
+        rewards.tolist(), values.tolist(), lengths.tolist(), gamma, lam
+    )
     torch.testing.assert_close(adv, t(ref_adv), **TIGHT)
     torch.testing.assert_close(ret, t(ref_ret), **TIGHT)
 
@@ -106,7 +110,9 @@ def test_token_level_rewards_by_hand():
     r = token_level_rewards(outcome, mask, kl, kl_coef=0.5)
     expected = [[-0.05, -0.1, 1.0 - 0.15], [0.5 - 0.2, 0.0, 0.0], [0.0, 0.0, 0.0]]
     torch.testing.assert_close(r, t(expected), **TIGHT)
-    torch.testing.assert_close(token_level_rewards(outcome, mask), t([[0, 0, 1.0], [0.5, 0, 0], [0, 0, 0]]))
+    torch.testing.assert_close(
+        token_level_rewards(outcome, mask), t([[0, 0, 1.0], [0.5, 0, 0], [0, 0, 0]])
+    )
 
 
 def test_whiten_by_hand():
@@ -114,10 +120,14 @@ def test_whiten_by_hand():
     x, mask = t([[1.0, 2.0], [3.0, 100.0]]), torch.tensor([[1, 1], [1, 0]])
     torch.testing.assert_close(whiten(x, mask, eps=0.0), t([[-1.0, 0.0], [1.0, 0.0]]), **TIGHT)
     # shift_mean=False adds the mean back: [1, 2, 3]
-    torch.testing.assert_close(whiten(x, mask, shift_mean=False, eps=0.0), t([[1.0, 2.0], [3.0, 0.0]]), **TIGHT)
+    torch.testing.assert_close(
+        whiten(x, mask, shift_mean=False, eps=0.0), t([[1.0, 2.0], [3.0, 0.0]]), **TIGHT
+    )
     # population std (ddof 0): sqrt(2/3)
     s = (2.0 / 3.0) ** 0.5
-    torch.testing.assert_close(whiten(x, mask, std_ddof=0, eps=0.0), t([[-1 / s, 0.0], [1 / s, 0.0]]), **TIGHT)
+    torch.testing.assert_close(
+        whiten(x, mask, std_ddof=0, eps=0.0), t([[-1 / s, 0.0], [1 / s, 0.0]]), **TIGHT
+    )
 
 
 def test_whiten_matches_verl_masked_whiten():
@@ -134,7 +144,9 @@ def test_scale_token_advantages_by_hand():
     # A over the mask = [1, 3] (pad 50): population std 1, mean 2
     a, mask = t([[1.0, 3.0, 50.0]]), torch.tensor([[1, 1, 0]])
     torch.testing.assert_close(scale_token_advantages(a, mask, "none"), t([[1.0, 3.0, 0.0]]))
-    torch.testing.assert_close(scale_token_advantages(a, mask, "batch_std", eps=0.0), t([[1.0, 3.0, 0.0]]))
+    torch.testing.assert_close(
+        scale_token_advantages(a, mask, "batch_std", eps=0.0), t([[1.0, 3.0, 0.0]])
+    )
     torch.testing.assert_close(
         scale_token_advantages(a, mask, "batch_whiten", eps=0.0), t([[-1.0, 1.0, 0.0]]), **TIGHT
     )

@@ -61,7 +61,12 @@ def test_only_dapo_turns_the_sampling_side_on():
 
 def test_ppo_resolves_with_the_ppo_rlhf_critic_knobs():
     spec = resolve_objective("ppo")
-    assert (spec.gae_gamma, spec.gae_lambda, spec.value_clip_eps, spec.vf_coef) == (1.0, 0.95, 0.2, 0.1)
+    assert (spec.gae_gamma, spec.gae_lambda, spec.value_clip_eps, spec.vf_coef) == (
+        1.0,
+        0.95,
+        0.2,
+        0.1,
+    )
 
 
 def test_new_knobs_default_to_the_lesson_objective():
@@ -69,7 +74,9 @@ def test_new_knobs_default_to_the_lesson_objective():
     for name in LINEAGE:
         spec = resolve_objective(name)
         assert (spec.policy_loss, spec.ratio_level, spec.behavior_correction) == (
-            "ppo_clip", "token", "none"
+            "ppo_clip",
+            "token",
+            "none",
         )
 
 

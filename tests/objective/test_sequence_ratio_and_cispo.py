@@ -86,7 +86,14 @@ CASES = [
     ("above, A<0", CISPO, 1.5, -1.0, 1.28, True),
     ("far below, no lower bound", CISPO, 0.5, -1.0, 0.5, False),
     ("far below, lower bound 0.8", CISPO_LOW, 0.5, -1.0, 0.8, True),
-    ("no clip at all: weight = rho", dict(clip_eps_low=None, clip_eps_high=None), 3.0, 1.0, -3.0, False),
+    (
+        "no clip at all: weight = rho",
+        dict(clip_eps_low=None, clip_eps_high=None),
+        3.0,
+        1.0,
+        -3.0,
+        False,
+    ),
 ]
 
 
@@ -95,7 +102,11 @@ CASES = [
 def test_cispo_one_token_by_hand(knobs, rho, a, grad, clipped):
     logp = torch.tensor([[math.log(rho)]], dtype=F64, requires_grad=True)
     out, was_clipped = policy_loss_per_token(
-        logp, torch.zeros(1, 1, dtype=F64), torch.tensor([a], dtype=F64), policy_loss="cispo", **knobs
+        logp,
+        torch.zeros(1, 1, dtype=F64),
+        torch.tensor([a], dtype=F64),
+        policy_loss="cispo",
+        **knobs,
     )
     (g,) = torch.autograd.grad(out.sum(), logp)
     check(g, [[grad]])

@@ -31,7 +31,9 @@ def new_values():
 
 def run(aggregation, normalizer, clip_eps=0.2):
     v = new_values()
-    loss, stats = value_loss(v, OLD, RETURNS, MASK, normalizer, aggregation=aggregation, clip_eps=clip_eps)
+    loss, stats = value_loss(
+        v, OLD, RETURNS, MASK, normalizer, aggregation=aggregation, clip_eps=clip_eps
+    )
     (grad,) = torch.autograd.grad(loss, v)
     return loss, grad, stats
 

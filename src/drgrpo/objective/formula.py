@@ -42,7 +42,9 @@ def _advantage_lines(spec: ObjectiveSpec) -> list[str]:
         g, lam = f"{spec.gae_gamma:g}", f"{spec.gae_lambda:g}"
         reward = "r_it   = [t = |y_i|] R_i"
         if spec.kl_coef > 0 and spec.kl_placement == "reward":
-            reward += f" - {spec.kl_coef:g} * {spec.kl_estimator}_it   (KL in the reward, per token)"
+            reward += (
+                f" - {spec.kl_coef:g} * {spec.kl_estimator}_it   (KL in the reward, per token)"
+            )
         scaled = {
             "none": "A_it",
             "batch_std": f"A_it / (std_m A + {eps})",

@@ -129,7 +129,11 @@ class ObjectiveSpec:
             value = getattr(self, knob)
             if value is not None and not value >= 0:
                 raise ValueError(f"objective.{knob} must be >= 0 (e.g. 0.2), got {value}")
-        if self.clip_eps_low is not None and self.policy_loss == "ppo_clip" and self.clip_eps_low >= 1:
+        if (
+            self.clip_eps_low is not None
+            and self.policy_loss == "ppo_clip"
+            and self.clip_eps_low >= 1
+        ):
             raise ValueError(f"objective.clip_eps_low must be < 1, got {self.clip_eps_low}")
         if self.clip_eps_low is not None and self.clip_eps_low > 1:
             raise ValueError(
@@ -160,7 +164,9 @@ class ObjectiveSpec:
                 f"objective.value_clip_eps must be > 0 or None (no clip), got {self.value_clip_eps}"
             )
         if not self.behavior_cap >= 1:
-            raise ValueError(f"objective.behavior_cap must be >= 1 (e.g. 2), got {self.behavior_cap}")
+            raise ValueError(
+                f"objective.behavior_cap must be >= 1 (e.g. 2), got {self.behavior_cap}"
+            )
         if not 0 <= self.behavior_lower < 1:
             raise ValueError(
                 f"objective.behavior_lower must be in [0, 1) (0 = none), got {self.behavior_lower}"
@@ -175,7 +181,9 @@ class ObjectiveSpec:
                 f"{self.overlong_cache_fraction}"
             )
         if not self.overlong_penalty >= 0:
-            raise ValueError(f"objective.overlong_penalty must be >= 0, got {self.overlong_penalty}")
+            raise ValueError(
+                f"objective.overlong_penalty must be >= 0, got {self.overlong_penalty}"
+            )
 
     @property
     def uses_clip(self) -> bool:
