@@ -20,8 +20,8 @@ Beyond the lesson (one row of knobs each):
 GSPO        Zheng et al. 2025 (Qwen, arXiv 2507.18071). GRPO's advantages with the length-normalised
             SEQUENCE ratio clipped at 3e-4 / 4e-4 (paper v2, section 5.1; TRL's recipe), beta 0.
 CISPO       MiniMax-M1 (MiniMax 2025, arXiv 2506.13585). Clip the stop-gradient importance weight,
-            not the update: no token loses its gradient. No lower bound (eps_low 1), eps_high 0.28
-            (the paper does not publish it; Trinity-RFT's default), token-level mean, no KL.
+            not the update: no token loses its gradient. No lower bound (eps_low 1, as the paper),
+            eps_high 0.28 (Trinity-RFT's default, not a number from the paper), token mean, no KL.
 REINFORCE++ Hu et al. 2025 (arXiv 2501.03262), "REINFORCE++-baseline": group mean, then whitened
             over the whole batch's response tokens (verl), PPO clip 0.2, token mean, k2 KL
             (beta 1e-3) in the loss.
