@@ -169,3 +169,29 @@ def test_explained_variance_by_hand():
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="share one"):
         gae_advantages_and_returns(torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 3))
+
+
+def test_critic_advantages_is_token_rewards_then_gae_then_scale():
+    # ppo with lam 0.5, scale none; k1 in the reward: ref = old - 0.1 -> k1 = old - ref = 0.1 per
+    # token, beta 0.05: r = [-0.005, -0.005, 1 - 0.005], V = [0.5, 0.25, 0.75], gamma 1:
+    # delta = [-0.005 + 0.25 - 0.5, -0.005 + 0.75 - 0.25, 0.995 - 0.75] = [-0.255, 0.495, 0.245]
+    # A_2 = 0.245; A_1 = 0.495 + 0.5 * 0.245 = 0.6175; A_0 = -0.255 + 0.5 * 0.6175 = 0.05375
+    from drgrpo.objective import critic_advantages, resolve_objective
+
+    spec = resolve_objective("ppo", gae_lambda=0.5, scale="none")
+    old = t([[-1.0, -2.0, -3.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    values = t([[0.5, 0.25, 0.75, 9.0]])
+    adv, ret = critic_advantages(spec, t([1.0]), values, mask, mask, old, old - 0.1)
+    torch.testing.assert_close(adv, t([[0.05375, 0.6175, 0.245, 0.0]]), **TIGHT)
+    torch.testing.assert_close(ret, t([[0.55375, 0.8675, 0.995, 0.0]]), **TIGHT)
+    # the preset's own scale (batch_std) divides by the std of A over the 3 tokens
+    adv_std, _ = critic_advantages(resolve_objective("ppo", gae_lambda=0.5), t([1.0]), values,
+                                   mask, mask, old, old - 0.1)  # fmt: skip
+    a = torch.tensor([0.05375, 0.6175, 0.245], dtype=F64)
+    std = ((a - a.mean()) ** 2).mean().sqrt()
+    torch.testing.assert_close(adv_std[0, :3], a / (std + 1e-6), **TIGHT)
+    with pytest.raises(ValueError, match="old_logprobs"):
+        critic_advantages(spec, t([1.0]), values, mask, mask)
+    with pytest.raises(ValueError, match="baseline=value"):
+        critic_advantages(resolve_objective("grpo"), t([1.0]), values, mask, mask)

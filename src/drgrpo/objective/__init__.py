@@ -4,10 +4,9 @@ Shapes: B prompts, K rollouts per prompt (a group), N = B * K rollouts, T respon
 
     rewards    = rewards + overlong_penalty(lengths, L_max, L_cache, spec.overlong_penalty)  # DAPO
     advantages = compute_advantages(rewards, K, baseline=..., scale=..., lengths=...)   # (N,)
-      or, with a critic (baseline=value):
-    r_tok      = token_level_rewards(rewards, response_mask, kl_tok, spec.kl_coef)      # (N, T)
-    adv, ret   = gae_advantages_and_returns(r_tok, values, loss_mask, gamma, lam)       # (N, T)
-    adv        = scale_token_advantages(adv, loss_mask, spec.scale)
+      or, with a critic (baseline=value), token rewards -> GAE -> scale in one call:
+    adv, ret   = critic_advantages(spec, rewards, values, response_mask, loss_mask,
+                                   old_logprobs, ref_logprobs)                          # (N, T)
     z          = compute_normalizer(spec.aggregation, num_sequences=N, num_tokens=mask.sum(), ...)
     loss, st   = objective_loss(spec, logprobs, old_logprobs, advantages, loss_mask, z,
                                 ref_logprobs=..., sampler_logprobs=...)
@@ -35,7 +34,7 @@ from drgrpo.objective.gae import (
     whiten,
 )
 from drgrpo.objective.kl import KL_ESTIMATORS, kl_per_token
-from drgrpo.objective.loss import kl_penalized_rewards, objective_loss
+from drgrpo.objective.loss import critic_advantages, kl_penalized_rewards, objective_loss
 from drgrpo.objective.presets import (
     KNOBS,
     PRESETS,
@@ -62,6 +61,7 @@ __all__ = [
     "aggregate",
     "behavior_weights",
     "compute_advantages",
+    "critic_advantages",
     "compute_normalizer",
     "explained_variance",
     "gae_advantages_and_returns",

@@ -14,6 +14,11 @@ import torch
 
 from drgrpo.objective.aggregate import aggregate
 from drgrpo.objective.correction import behavior_weights
+from drgrpo.objective.gae import (
+    gae_advantages_and_returns,
+    scale_token_advantages,
+    token_level_rewards,
+)
 from drgrpo.objective.kl import kl_per_token
 from drgrpo.objective.presets import ObjectiveSpec
 from drgrpo.objective.surrogate import policy_loss_per_token
@@ -104,3 +109,33 @@ def kl_penalized_rewards(
     """r_i - beta * sum_t KL_it: the KL-in-reward placement of PPO-RLHF and RLOO (no gradient)."""
     kl_tok = kl_per_token(logprobs.detach(), ref_logprobs, estimator)
     return rewards - kl_coef * (kl_tok * response_mask.to(kl_tok.dtype)).sum(dim=-1)
+
+
+@torch.no_grad()
+def critic_advantages(
+    spec: ObjectiveSpec,
+    outcome: torch.Tensor,  # (N,) verifier rewards (after any overlong shaping)
+    values: torch.Tensor,  # (N, T) the critic's V_it at rollout time
+    response_mask: torch.Tensor,  # (N, T) sampled tokens: the outcome goes on the last one
+    loss_mask: torch.Tensor,  # (N, T) the tokens the loss (and the whitening) sees
+    old_logprobs: torch.Tensor | None = None,  # (N, T) the sampling policy, for KL in the reward
+    ref_logprobs: torch.Tensor | None = None,  # (N, T)
+) -> tuple[torch.Tensor, torch.Tensor]:  # advantages (N, T), returns (N, T)
+    """PPO's advantages for baseline=value, in order: token rewards (KL per token when
+    kl_placement=reward), GAE(gae_gamma, gae_lambda) with returns, then ``scale`` over the batch's
+    loss tokens. The statistics of the scale are this batch's: call it on the whole batch."""
+    if spec.baseline != "value":
+        raise ValueError(f"critic_advantages is for baseline=value, not {spec.baseline!r}")
+    kl_tok = None
+    if spec.kl_coef > 0 and spec.kl_placement == "reward":
+        if old_logprobs is None or ref_logprobs is None:
+            raise ValueError("KL in the reward needs old_logprobs and ref_logprobs")
+        kl_tok = kl_per_token(old_logprobs, ref_logprobs, spec.kl_estimator)
+    rewards = token_level_rewards(outcome, response_mask, kl_tok, spec.kl_coef)
+    adv, returns = gae_advantages_and_returns(
+        rewards, values, loss_mask, spec.gae_gamma, spec.gae_lambda
+    )
+    adv = scale_token_advantages(
+        adv, loss_mask, spec.scale, std_ddof=spec.std_ddof, eps=spec.adv_eps
+    )
+    return adv, returns
