@@ -20,8 +20,64 @@ LINEAGE = {
 }
 
 
+# Beyond the lesson, one row of knobs each (the knobs not named keep the defaults):
+BEYOND = {
+    "gspo": dict(baseline="group_mean", scale="group_std", ratio_level="sequence",
+                 policy_loss="ppo_clip", clip_eps_low=3e-4, clip_eps_high=4e-4,
+                 aggregation="seq_mean_token_mean", kl_coef=0.0),
+    "cispo": dict(baseline="group_mean", scale="group_std", ratio_level="token",
+                  policy_loss="cispo", clip_eps_low=1.0, clip_eps_high=0.28,
+                  aggregation="token_mean", kl_coef=0.0),
+    "reinforce_pp": dict(baseline="group_mean", scale="batch_whiten", ratio_level="token",
+                         policy_loss="ppo_clip", clip_eps_low=0.2, clip_eps_high=0.2,
+                         aggregation="token_mean", kl_coef=1e-3, kl_estimator="k2",
+                         kl_placement="loss"),
+}  # fmt: skip
+SAMPLING_SIDE = ("dynamic_sampling", "overlong_cache_fraction")
+
+
 def test_every_preset_is_in_the_lineage_table():
-    assert set(PRESETS) == set(LINEAGE)
+    assert set(PRESETS) == set(LINEAGE) | set(BEYOND)
+
+
+@pytest.mark.parametrize("name", sorted(BEYOND))
+def test_beyond_the_lesson_rows(name):
+    spec = resolve_objective(name)
+    for knob, value in BEYOND[name].items():
+        assert getattr(spec, knob) == value, knob
+    assert spec.dual_clip_c is None and spec.behavior_correction == "none"
+    assert not spec.dynamic_sampling and spec.overlong_cache_fraction == 0.0
+
+
+def test_only_dapo_turns_the_sampling_side_on():
+    for name in PRESETS:
+        spec = resolve_objective(name)
+        on = spec.dynamic_sampling, spec.overlong_cache_fraction > 0
+        assert on == ((True, True) if name == "dapo" else (False, False)), name
+    dapo = resolve_objective("dapo")
+    assert (dapo.overlong_cache_fraction, dapo.overlong_penalty) == (0.2, 1.0)
+    assert dapo.max_sampling_rounds == 10
+
+
+def test_ppo_resolves_with_the_ppo_rlhf_critic_knobs():
+    spec = resolve_objective("ppo")
+    assert (spec.gae_gamma, spec.gae_lambda, spec.value_clip_eps, spec.vf_coef) == (
+        1.0,
+        0.95,
+        0.2,
+        0.1,
+    )
+
+
+def test_new_knobs_default_to_the_lesson_objective():
+    # every row of the lesson keeps its objective: token ratio, PPO clip, no behaviour correction
+    for name in LINEAGE:
+        spec = resolve_objective(name)
+        assert (spec.policy_loss, spec.ratio_level, spec.behavior_correction) == (
+            "ppo_clip",
+            "token",
+            "none",
+        )
 
 
 @pytest.mark.parametrize("name", sorted(LINEAGE))
@@ -103,6 +159,21 @@ def test_knobs_are_every_field_but_the_name():
         ("grpo", {"kl_placement": "both"}, "kl_placement"),
         ("grpo", {"std_ddof": 2}, "std_ddof"),
         ("grpo", {"adv_eps": 0.0}, "adv_eps"),
+        ("grpo", {"policy_loss": "gspo"}, "policy_loss"),
+        ("grpo", {"ratio_level": "seq"}, "ratio_level"),
+        ("cispo", {"clip_eps_low": 1.5}, "clip_eps_low"),
+        ("cispo", {"dual_clip_c": 3.0}, "dual_clip_c"),
+        ("ppo", {"gae_gamma": 1.5}, "gae_gamma"),
+        ("ppo", {"gae_lambda": -0.1}, "gae_lambda"),
+        ("ppo", {"vf_coef": -1.0}, "vf_coef"),
+        ("ppo", {"value_clip_eps": 0.0}, "value_clip_eps"),
+        ("grpo", {"behavior_correction": "is"}, "behavior_correction"),
+        ("grpo", {"behavior_level": "seq"}, "behavior_level"),
+        ("grpo", {"behavior_cap": 0.5}, "behavior_cap"),
+        ("grpo", {"behavior_lower": 1.0}, "behavior_lower"),
+        ("dapo", {"max_sampling_rounds": 0}, "max_sampling_rounds"),
+        ("dapo", {"overlong_cache_fraction": 1.0}, "overlong_cache_fraction"),
+        ("dapo", {"overlong_penalty": -1.0}, "overlong_penalty"),
     ],
 )
 def test_invalid_settings_fail_naming_the_knob(preset, overrides, knob):
@@ -134,6 +205,11 @@ def test_group_of_one_fails_for_group_baselines_that_need_two(name, knob):
 @pytest.mark.parametrize("name", ["reinforce", "ppo"])
 def test_group_of_one_is_accepted_where_it_is_defined(name):
     resolve_objective(name).check_group_size(1)
+
+
+def test_dynamic_sampling_needs_two_rollouts_per_group():
+    with pytest.raises(ValueError, match="dynamic_sampling"):
+        resolve_objective("reinforce", dynamic_sampling=True).check_group_size(1)
 
 
 # --- render_formula ------------------------------------------------------------------------------
@@ -173,9 +249,60 @@ def test_reinforce_and_rloo_formulas_have_no_clip():
     assert "KL_it" not in rloo  # not in the loss
 
 
-def test_ppo_formula_has_value_baseline_and_batch_std():
+def test_ppo_formula_has_gae_the_value_loss_and_batch_scaled_advantages():
+    # (was: the outcome form "r_i - V(x_i)" over std_{all j} r_j; with a critic PPO is per token)
     f = formula("ppo")
-    assert "V(x_i)" in f and "std_{all j} r_j" in f and "(1/sum_i |y_i|)" in f
+    assert "V_it = V_phi(x_i, y_i,<t)" in f and "(1/sum_i |y_i|)" in f
+    assert "[t = |y_i|] R_i - 0.05 * k1_it" in f  # outcome on the last token, KL on every token
+    assert "A_it = delta_it + 1 * 0.95 A_i,t+1" in f and "G_it = A_it + V_it" in f
+    assert "A_it / (std_m A + 1e-06)" in f and "clip(V_it, V^old_it +- 0.2)" in f
+    assert "-min(rho_it A_it, clip(rho_it, 0.8, 1.2) A_it)" in f
+    assert "A_it = delta_it + 0.9 * 0.5" in formula("ppo", gae_gamma=0.9, gae_lambda=0.5)
+    assert "(A_it - mean_m A)" in formula("ppo", scale="batch_whiten")
+    assert "no clip" in formula("ppo", value_clip_eps=None)
+
+
+def test_gspo_formula_has_the_sequence_ratio():
+    f = formula("gspo")
+    assert "s_i    = exp((1/|y_i|) sum_t" in f and "sg[s_i]" in f
+    assert "clip(rho_it, 0.9997, 1.0004)" in f and "(1/|y_i|) sum_t m_it * L_it" in f
+
+
+def test_cispo_formula_has_the_stop_gradient_weight():
+    f = formula("cispo")
+    assert "-sg[clip(rho_it, 0, 1.28)] A_i logp_theta(y_it)" in f and "min(" not in f
+
+
+def test_reinforce_pp_formula_whitens_over_tokens():
+    f = formula("reinforce_pp")
+    assert "(c_i - mean_tok c) / (std_tok c + 1e-06)" in f and "d^2/2" in f
+
+
+def test_formula_shows_the_behaviour_weights():
+    assert "behaviour" not in formula("dr_grpo")
+    f = formula("dr_grpo", behavior_correction="tis")
+    assert "w_it   = min(exp(log_w), 2)" in f and "m_it * w_it * L_it" in f
+    assert "log_w = logp_old(y_it) - logp_sampler(y_it)" in f and "Z unchanged" in f
+    f = formula("dr_grpo", behavior_correction="mis", behavior_level="geometric",
+                behavior_cap=1.01, behavior_lower=0.99)  # fmt: skip
+    assert "[0.99 <= exp(log_w) <= 1.01]" in f and "(1/|y_i|) sum_t m_it" in f
+    assert "sum_t m_it (logp_old" in formula("dr_grpo", behavior_correction="tis",
+                                            behavior_level="sequence")  # fmt: skip
+
+
+def test_formula_shows_dapos_data_side_only_when_on():
+    f = formula("dapo")
+    assert "(L_max - L_c - |y_i|) / L_c" in f and "L_c = 0.2 L_max" in f
+    assert "at most 10 rounds" in f
+    assert "overlong" not in formula("grpo") and "sampling" not in formula("grpo")
+
+
+def test_formula_says_what_m_it_is():
+    assert "m_it = loss_mask" in formula("dr_grpo")
+    assert "0 on every truncated row" in render_formula(resolve_objective(), truncated="mask_loss")
+    assert "truncated" not in render_formula(resolve_objective(), truncated="keep")
+    with pytest.raises(ValueError, match="truncated"):
+        render_formula(resolve_objective(), truncated="drop")
 
 
 def test_formula_follows_the_overrides():

@@ -302,3 +302,70 @@ def test_grpo_gradient_is_scale_invariant_not_linear(d, c):
     torch.testing.assert_close(gc, g1, rtol=1e-5, atol=1e-15)
     # ... and nowhere near the c-fold gradient Dr.GRPO would give: |gc - c g1| ~ (c - 1)|g1|
     assert (gc - c * g1).abs().max() > 0.5 * (c * g1).abs().max()
+
+
+# --- the knobs beyond the lesson: sequence ratio, CISPO, behaviour correction ------------------
+
+BEYOND_SPECS = {
+    "gspo": dict(),
+    "cispo": dict(),
+    "cispo-sequence": dict(ratio_level="sequence"),
+    "gspo-mis-geometric": dict(behavior_correction="mis", behavior_level="geometric",
+                               behavior_cap=1.2, behavior_lower=0.8),
+    "dr_grpo-tis-sequence": dict(behavior_correction="tis", behavior_level="sequence"),
+    "dapo-mis-token": dict(behavior_correction="mis", behavior_lower=0.5, kl_coef=0.1),
+}  # fmt: skip
+
+
+def beyond_spec(name):
+    preset = name.split("-")[0]
+    return resolve_objective(preset, **BEYOND_SPECS[name])
+
+
+@pytest.mark.parametrize("name", sorted(BEYOND_SPECS))
+@settings(max_examples=15, deadline=None)
+@given(d=batches(min_k=1), data=st.data())
+def test_beyond_any_micro_batch_split_sums_to_the_whole_batch(name, d, data):
+    # Rows are never split (a sequence ratio needs its whole row); any assignment of rows does.
+    spec = beyond_spec(name)
+    n = d["rewards"].shape[0]
+    sampler = d["old"] + 0.3 * d["garbage"][:, : d["t"]] / 5
+    z = normalizer(spec, d["mask"])
+    adv = d["rewards"]  # any per-rollout numbers will do here
+    kwargs = dict(ref_logprobs=d["ref"], sampler_logprobs=sampler)
+    logp = d["logp"].clone().requires_grad_()
+    whole, _ = objective_loss(spec, logp, d["old"], adv, d["mask"], z, **kwargs)
+    (grad_whole,) = torch.autograd.grad(whole, logp)
+    parts = data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n), label="part of row")
+    logp = d["logp"].clone().requires_grad_()
+    total = torch.zeros((), dtype=F64)
+    for p in sorted(set(parts)):
+        rows = torch.tensor([i for i in range(n) if parts[i] == p])
+        loss, _ = objective_loss(
+            spec, logp[rows], d["old"][rows], adv[rows], d["mask"][rows], z,
+            ref_logprobs=d["ref"][rows], sampler_logprobs=sampler[rows],
+        )  # fmt: skip
+        total = total + loss
+    (grad,) = torch.autograd.grad(total, logp)
+    torch.testing.assert_close(total, whole, **SAME)
+    torch.testing.assert_close(grad, grad_whole, **SAME)
+
+
+@pytest.mark.parametrize("name", sorted(BEYOND_SPECS))
+@settings(max_examples=10, deadline=None)
+@given(d=batches(min_k=1), holes=st.data(), fill=st.sampled_from([0.0, -1e9, float("-inf")]))
+def test_beyond_masked_tokens_get_exactly_zero_gradient(name, d, holes, fill):
+    # Any mask pattern, and padding log-probs as bad as -inf in every input.
+    spec = beyond_spec(name)
+    n, t = d["mask"].shape
+    flat = holes.draw(st.lists(st.booleans(), min_size=n * t, max_size=n * t), label="mask")
+    mask = torch.tensor(flat).reshape(n, t)
+    bad = torch.full((n, t), fill, dtype=F64)
+    logp = torch.where(mask, d["logp"], bad).requires_grad_()
+    old, ref = torch.where(mask, d["old"], bad), torch.where(mask, d["ref"], bad)
+    sampler = torch.where(mask, d["old"] + 0.2, bad)
+    loss, _ = objective_loss(spec, logp, old, d["rewards"], mask, normalizer(spec, mask),
+                             ref_logprobs=ref, sampler_logprobs=sampler)  # fmt: skip
+    (grad,) = torch.autograd.grad(loss, logp)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert torch.equal(grad[~mask], torch.zeros(int((~mask).sum()), dtype=F64))

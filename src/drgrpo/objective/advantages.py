@@ -11,6 +11,11 @@ scale s_i (``scale``):
     none           s_i = 1                                  Dr.GRPO (Liu et al. 2025), RLOO, REINFORCE
     group_std      s_i = std_{j in g(i)} r_j + eps          GRPO, DAPO  ("bias A" in the lesson)
     batch_std      s_i = std_{all j} r_j + eps              PPO-style batch normalisation
+    batch_whiten   A_i = (c_i - mean_w c) / (std_w c + eps)   REINFORCE++ (Hu et al. 2025)
+                   with c_i = r_i - b_i and mean/std over the batch's response TOKENS (rollout i
+                   weighted by its length |y_i|, given as ``lengths``): verl's masked_whiten of
+                   the broadcast advantage, as in its reinforce_plus_plus(_baseline) estimators.
+                   Group mean then batch whitening is REINFORCE++-baseline.
 
 Rows are groups laid out contiguously: rollout n belongs to group n // K (N = B * K).
 ``std_ddof=0`` is the population std the lesson's table uses ([1,1,1,0] -> +0.58 x3, -1.73);
@@ -22,7 +27,7 @@ from __future__ import annotations
 import torch
 
 BASELINES = ("none", "group_mean", "leave_one_out", "value")
-SCALES = ("none", "group_std", "batch_std")
+SCALES = ("none", "group_std", "batch_std", "batch_whiten")
 
 
 def compute_advantages(
@@ -34,6 +39,7 @@ def compute_advantages(
     std_ddof: int = 0,
     eps: float = 1e-6,
     values: torch.Tensor | None = None,  # (N,) only for baseline="value"
+    lengths: torch.Tensor | None = None,  # (N,) response tokens |y_i|, only for batch_whiten
 ) -> torch.Tensor:  # (N,)
     """Return one advantage per rollout; see the module docstring for the formulas."""
     if rewards.dim() != 1:
@@ -74,4 +80,27 @@ def compute_advantages(
         shifted_all = rewards - rewards[0]
         std = shifted_all.std(correction=std_ddof) if n - std_ddof >= 1 else rewards.new_zeros(())
         centred = centred / (std + eps)
+    elif scale == "batch_whiten":
+        centred = _whiten_over_tokens(centred.reshape(n), lengths, std_ddof, eps)
     return centred.reshape(n)
+
+
+def _whiten_over_tokens(
+    centred: torch.Tensor,  # (N,) c_i
+    lengths: torch.Tensor | None,  # (N,) |y_i|
+    std_ddof: int,
+    eps: float,
+) -> torch.Tensor:  # (N,)
+    if lengths is None or lengths.shape != centred.shape:
+        raise ValueError(
+            "scale='batch_whiten' needs lengths (N,): each rollout's number of response tokens "
+            "(loss_mask.sum(-1)), since the statistics are over the batch's tokens"
+        )
+    w = lengths.to(centred.dtype)  # (N,) each token of rollout i carries c_i
+    count = w.sum()
+    if count == 0:
+        return torch.zeros_like(centred)
+    mean = (w * centred).sum() / count
+    dof = count - std_ddof
+    var = (w * (centred - mean) ** 2).sum() / dof if dof > 0 else count * 0
+    return (centred - mean) / (var.sqrt() + eps)

@@ -57,12 +57,12 @@ def compute_normalizer(
 
 def aggregate(
     loss_per_token: torch.Tensor,  # (N, T)
-    response_mask: torch.Tensor,  # (N, T) bool or 0/1
+    loss_mask: torch.Tensor,  # (N, T) bool or 0/1: the tokens the loss sees
     *,
     aggregation: str,
     normalizer: float,
 ) -> torch.Tensor:  # scalar
-    mask = response_mask.to(loss_per_token.dtype)
+    mask = loss_mask.to(loss_per_token.dtype)
     per_sequence = (loss_per_token * mask).sum(dim=-1)  # (N,)
     if aggregation == "seq_mean_token_mean":
         lengths = mask.sum(dim=-1).clamp(min=1.0)  # (N,) |y_i|
