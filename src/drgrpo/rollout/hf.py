@@ -29,6 +29,7 @@ from drgrpo.models.logprobs import (
     position_ids_from_mask,
     shared_prompts,
 )
+from drgrpo.models.wrappers import reads_raw_weights
 from drgrpo.rollout.engine import Rollouts, left_pad
 
 
@@ -145,7 +146,12 @@ class HFRolloutEngine:
             stepper = _HFStepper(decoder, cache, prompt_mask, first_position, max_new_tokens)
         del cache  # the stepper owns the prompt's keys and values now
 
-        if fast and type(head) is torch.nn.Linear and _transpose_pays(head, max_new_tokens):
+        if (
+            fast
+            and type(head) is torch.nn.Linear
+            and reads_raw_weights(head)
+            and _transpose_pays(head, max_new_tokens)
+        ):
             head = _TransposedHead(head)
         response = torch.full(
             (n, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device
@@ -249,6 +255,8 @@ class _LlamaStepper:
 
     @staticmethod
     def supports(model) -> bool:
+        if not reads_raw_weights(model):  # peft / sharded / DDP: its .weight is not the weight
+            return False
         config = model.config
         if getattr(config, "model_type", None) not in ("llama", "qwen2"):
             return False
