@@ -125,3 +125,16 @@ def test_a_partial_torchrun_environment_names_the_launcher(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     with pytest.raises(RuntimeError, match="torchrun --nproc-per-node"):
         D.init_distributed()
+
+
+def test_generation_from_a_gathered_sharded_model_equals_the_plain_model(results):
+    """Inside `gathered`, the decoder and head hold full weights; the engine's generic path
+    (the fast stepper refuses FSDP modules) samples exactly what the plain fast path does."""
+    gen = results["two"]["generation"]
+    assert gen == {"same_tokens": True, "logprob_error": 0.0, "resharded_after": True}
+
+
+def test_lora_under_fsdp2_equals_one_process_and_adapters_off_is_the_base(results):
+    lora = results["two"]["lora"]
+    assert lora["loss"] < TIGHT and lora["grad"] < TIGHT
+    assert lora["adapters_off_error"] == 0.0 and lora["reference_helper_error"] == 0.0

@@ -237,6 +237,28 @@ def shard_model(model: torch.nn.Module, *, mesh=None, param_dtype: torch.dtype |
     return root
 
 
+@contextmanager
+def gathered(root: torch.nn.Module):
+    """Every FSDP2 module of `root` unsharded for the duration (full weights on every rank),
+    resharded after: for generation, which calls the decoder and head outside the root's
+    forward. The modules stay FSDP modules, so the rollout's fast paths still refuse them
+    (`describe_wrapping`) and decoding goes through the modules' own forward."""
+    from torch.distributed.fsdp import FSDPModule
+
+    modules = [m for m in root.modules() if isinstance(m, FSDPModule)]
+    with _collective("gathered"):
+        for m in modules:
+            m.unshard()
+    for m in modules:
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield root
+    finally:
+        for m in modules:
+            m.set_reshard_after_forward(True, recurse=False)
+            m.reshard()
+
+
 def broadcast_parameters(model: torch.nn.Module) -> None:
     """Every rank starts from rank 0's parameters (plain replication)."""
     if world().world_size == 1:
