@@ -10,6 +10,8 @@ Three launches (tests/distributed/_worker.py), each under a timeout, in this ord
                 advantages; NaN on one rank; DCP 1 -> 2 resume, and a checkpoint at 2 ranks
     dcp_resume  1 process: DCP 2 -> 1 resume
 
+and `_timeout_probe.py` (2 ranks, one skips a collective) for the timeout message.
+
 Measured (2 CPU cores): every invariance error <= 1.3e-15 relative, the per-rank normalizer
 100-130% off; the DCP resumes continue the trajectory to ~4e-17.
 """
@@ -29,14 +31,16 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 TIGHT = 1e-12  # float64: the sums differ only in the order ranks add them (~1e-16)
 
 
-def launch(scenario, out_dir, ranks):
+def launch(scenario, out_dir, ranks, script=WORKER):
+    """Run `script scenario out_dir` (under torchrun when ranks > 1); rank 0's JSON."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, str(WORKER), scenario, str(out_dir)]
+    args = [str(out_dir)] if script != WORKER else [scenario, str(out_dir)]
+    cmd = [sys.executable, str(script), *args]
     if ranks > 1:
         cmd[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-                    str(WORKER)]  # fmt: skip
+                    str(script)]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     if done.returncode != 0:
         raise AssertionError(f"{scenario} failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -138,3 +142,10 @@ def test_lora_under_fsdp2_equals_one_process_and_adapters_off_is_the_base(result
     lora = results["two"]["lora"]
     assert lora["loss"] < TIGHT and lora["grad"] < TIGHT
     assert lora["adapters_off_error"] == 0.0 and lora["reference_helper_error"] == 0.0
+
+
+def test_a_collective_timeout_says_what_the_ranks_disagree_on(tmp_path):
+    """Rank 1 skips a collective rank 0 waits in (2 s timeout)."""
+    message = launch("timeout", tmp_path, 2, WORKER.with_name("_timeout_probe.py"))["message"]
+    assert "collective `any_rank` failed or timed out" in message
+    assert "different number of collectives" in message and "Timed out" in message

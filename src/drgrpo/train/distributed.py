@@ -96,18 +96,16 @@ def shutdown() -> None:
 
 @contextmanager
 def _collective(what: str):
-    """Turn a collective's timeout into a message that says what the ranks disagreed on."""
+    """A failed or timed-out collective, re-raised with what the ranks most likely disagree on."""
     try:
         yield
     except RuntimeError as e:
-        if "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
-            raise
         w = world()
         raise RuntimeError(
-            f"rank {w.rank}/{w.world_size}: collective `{what}` timed out waiting for the other "
-            "ranks: one of them failed (see its log) or ran a different number of collectives "
-            "(a rank-local skip or an uneven micro-batch count); raise the timeout only for a "
-            "step that is legitimately slow"
+            f"rank {w.rank}/{w.world_size}: collective `{what}` failed or timed out waiting for "
+            "the other ranks: one of them failed (see its log) or ran a different number of "
+            "collectives (a rank-local skip or an uneven micro-batch count). Raise "
+            f"init_distributed's timeout only for a step that is legitimately slow. ({e})"
         ) from e
 
 
@@ -334,10 +332,13 @@ def save_checkpoint(path, model, optimizer, state: dict) -> None:
         text = json.dumps({"world_size": w.world_size, **state}, indent=1, sort_keys=True)
         (tmp / "state.json").write_text(text)
     _barrier("save_checkpoint")
-    if w.is_main:
+    if w.is_main:  # the previous checkpoint is removed only once the new one has its name
+        old = path.with_name(path.name + ".old")
         if path.exists():
-            shutil.rmtree(path)
+            path.rename(old)
         tmp.rename(path)
+        if old.exists():
+            shutil.rmtree(old)
     _barrier("save_checkpoint")
 
 
