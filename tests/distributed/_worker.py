@@ -263,8 +263,7 @@ def lora_under_fsdp2(w) -> dict:
     half = range(w.rank * N // 2, (w.rank + 1) * N // 2)
     loss, _, _ = step(root, spec, batch, half, replicate=False)
     base = sequence_logprobs(new_model(), batch.input_ids, batch.attention_mask, P)[0].detach()
-    with root.model.disable_adapter(), torch.no_grad():
-        off = sequence_logprobs(root, batch.input_ids, batch.attention_mask, P)[0]
+    off = reference_logprobs(root, batch.input_ids, batch.attention_mask, P)  # sharded root
     return {
         "loss": abs(loss - want_loss) / abs(want_loss),
         "grad": relative(adapter_grads(root), adapter_grads(want)),
@@ -322,11 +321,16 @@ def dcp_at_two(w, out_dir: Path) -> dict:
     trained_step(root, optimizer, 11)
     got = full_params(root)
     one_to_two = max(relative(got[k], want[k]) for k in want)
+    export = D.full_state_dict(root)  # the HF export of a sharded run: rank 0 only
+    if w.is_main:
+        export_equal = all(torch.equal(export[k], got[k]) for k in got) and len(export) >= len(got)
+    else:
+        export_equal = export is None
     root = D.shard_model(new_model())
     optimizer = optimizer_for(root)
     trained_step(root, optimizer, 10)
     D.save_checkpoint(out_dir / "ckpt_ws2", root, optimizer, {"step": 1})
-    return {"one_to_two": one_to_two, "state": state}
+    return {"one_to_two": one_to_two, "state": state, "export_equal": export_equal}
 
 
 def dcp_resume(out_dir: Path) -> dict:

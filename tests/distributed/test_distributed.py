@@ -107,6 +107,7 @@ def test_nan_on_one_rank_makes_every_rank_skip(results):
 def test_dcp_resume_across_world_sizes_continues_the_trajectory(results):
     assert results["two"]["dcp"]["one_to_two"] < TIGHT
     assert results["two"]["dcp"]["state"]["world_size"] == 1
+    assert results["two"]["dcp"]["export_equal"] is True  # full CPU state dict on rank 0
     resume = results["resume"]
     assert resume["two_to_one"] < TIGHT
     assert resume["fresh_optimizer"] > 1e-4  # control: without Adam's moments it diverges

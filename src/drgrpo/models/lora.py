@@ -90,8 +90,12 @@ def is_lora(model: torch.nn.Module) -> bool:
 
 @contextmanager
 def adapters_disabled(model: torch.nn.Module):
-    """The base model for the duration: every adapter layer computes W x only."""
-    with model.disable_adapter():
+    """The base model for the duration: every adapter layer computes W x only. `model` is the
+    peft model or a `LogprobModel` root over it (FSDP2: the sharded root)."""
+    peft_model = model if hasattr(model, "disable_adapter") else getattr(model, "model", None)
+    if not hasattr(peft_model, "disable_adapter"):
+        raise TypeError(f"{type(model).__name__} has no LoRA adapters to disable (see apply_lora)")
+    with peft_model.disable_adapter():
         yield model
 
 

@@ -304,6 +304,21 @@ def _hf_module(model: torch.nn.Module) -> torch.nn.Module:
     return model.model if isinstance(model, LogprobModel) else model
 
 
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The causal LM's whole state dict on CPU, on rank 0 (None on the others): what an HF
+    export (`save_pretrained(path, state_dict=...)`) of a sharded run writes. Collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
+    if not sharded:
+        state = {k: v.detach().cpu() for k, v in _hf_module(model).state_dict().items()}
+        return state if world().is_main else None
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    with _collective("full_state_dict"):
+        state = get_model_state_dict(_hf_module(model), options=options)
+    return state if world().is_main else None
+
+
 def save_checkpoint(path, model, optimizer, state: dict) -> None:
     """DCP checkpoint in folder `path`, written whole or not at all (a temporary folder,
     renamed by rank 0 after every rank finished):
