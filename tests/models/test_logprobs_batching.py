@@ -9,6 +9,7 @@ import torch
 
 from drgrpo.models import logprobs as lp
 from drgrpo.models import sequence_logprobs
+from drgrpo.models.forward import LogprobModel
 
 PAD = 0
 
@@ -122,7 +123,7 @@ def test_shared_prompts_equal_one_padded_batch(model64, monkeypatch, min_rows):
         return torch.autograd.grad((logp * weights).sum() + 0.1 * entropy.sum(), params)
 
     got = sequence_logprobs(model64, ids, mask, p, temperature=0.8, with_entropy=True)
-    want = lp._padded_logprobs(model64, ids, mask, p, 0.8, 1024, True)
+    want = LogprobModel(model64)._padded(ids, mask, p, 0.8, 1024, True)
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-12)
     torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-12)
     # Sharing a prompt sums its K rows' gradients before the prompt's backward instead of after.
@@ -139,7 +140,7 @@ def test_shared_prompts_equal_one_padded_batch(model64, monkeypatch, min_rows):
 def test_one_token_responses_need_no_response_forward(model64):
     ids, mask, p = grouped_batch(PROMPTS, 4, 1)
     got, _ = sequence_logprobs(model64, ids, mask, p)
-    want, _ = lp._padded_logprobs(model64, ids, mask, p, 1.0, 1024, False)
+    want, _ = LogprobModel(model64)._padded(ids, mask, p, 1.0, 1024, False)
     assert got.shape == (12, 1)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 

@@ -9,16 +9,19 @@ For a plain `nn.Linear` head (every HF causal LM) one autograd function does the
 (`_HeadStats`): its backward rebuilds each chunk's logits once, turns them into the logits'
 gradient in place, and adds that chunk's share of the head's weight gradient into one buffer,
 so that no (V, H) gradient is allocated per chunk and no softmax pass is spent twice. Other
-heads go through `torch.utils.checkpoint` per chunk.
+heads, and Linear heads whose `.weight` is not what their forward uses (peft, DTensor shards:
+`models/wrappers.py`), go through `torch.utils.checkpoint` per chunk.
+
+The decoder side (one padded batch, length buckets, prompts shared by a group) is the forward of
+`models/forward.py`'s `LogprobModel`, the one path `sequence_logprobs` takes.
 """
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch.utils.checkpoint import checkpoint
-from transformers.cache_utils import DynamicCache
+
+from drgrpo.models.wrappers import reads_raw_weights
 
 CHUNK_BYTES = 64 * 2**20
 """Largest fp32 logits block alive at once (a few such blocks exist together). A chunk of
@@ -54,52 +57,15 @@ def sequence_logprobs(
     model), computed from logits / temperature; `entropy` is None unless `with_entropy`.
     Positions where `attention_mask` is 0 are exactly 0 in both. Differentiable w.r.t. the
     model's parameters.
-    """
-    if not 0 < response_start < input_ids.shape[1]:
-        raise ValueError(
-            f"response_start must be in [1, {input_ids.shape[1] - 1}] (the first response "
-            f"token needs a prompt token before it), got {response_start}"
-        )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
-    prompts = shared_prompts(input_ids, attention_mask, response_start)
-    buckets = length_buckets(attention_mask, response_start)
-    if prompts is None and len(buckets) == 1:
-        return _padded_logprobs(model, input_ids, attention_mask, response_start, temperature,
-                                chunk_size, with_entropy)  # fmt: skip
-    if prompts is not None:
-        prompt_state = _prompt_forward(model, *prompts[:2])
-    # Each bucket is cut to its own width; the results go back in the callers' row order.
-    n, t = input_ids.shape[0], input_ids.shape[1] - response_start
-    pieces = []
-    for rows in buckets:
-        mask = attention_mask[rows]
-        used_response = mask[:, response_start:].any(dim=0).nonzero()
-        width = int(used_response[-1]) + 1 if len(used_response) else 1
-        if prompts is not None:
-            stats = _logprobs_after_prompts(
-                model, prompt_state, prompts[1], prompts[2][rows],
-                input_ids[rows, response_start : response_start + width],
-                mask[:, response_start : response_start + width], temperature, chunk_size,
-                with_entropy,
-            )  # fmt: skip
-        else:
-            used_prompt = mask[:, :response_start].any(dim=0).nonzero()
-            first = int(used_prompt[0]) if len(used_prompt) else response_start - 1
-            stats = _padded_logprobs(
-                model, input_ids[rows, first : response_start + width],
-                mask[:, first : response_start + width], response_start - first, temperature,
-                chunk_size, with_entropy,
-            )  # fmt: skip
-        pieces.append([torch.nn.functional.pad(x, (0, t - width)) for x in stats if x is not None])
-    inverse = torch.empty(n, dtype=torch.long, device=input_ids.device)
-    inverse[torch.cat(buckets)] = torch.arange(n, device=input_ids.device)
-    logprobs = torch.cat([p[0] for p in pieces])[inverse]
-    entropy = torch.cat([p[1] for p in pieces])[inverse] if with_entropy else None
-    return logprobs, entropy
+    `model` is a causal LM or its `LogprobModel` root (FSDP2: the sharded root); either way the
+    computation is that root's `forward()`, so module hooks run.
+    """
+    # Imported here: forward.py builds on this module's pieces (buckets, shared prompts, heads).
+    from drgrpo.models.forward import as_logprob_model
+
+    root = as_logprob_model(model)
+    return root(input_ids, attention_mask, response_start, temperature, chunk_size, with_entropy)
 
 
 def shared_prompts(
@@ -125,46 +91,6 @@ def shared_prompts(
     used = mask.any(dim=0).nonzero()
     first = int(used[0]) if len(used) else response_start - 1
     return ids[:, first:], mask[:, first:], inverse
-
-
-def _prompt_forward(model, prompt_ids, prompt_mask):
-    """The distinct prompts through the decoder: (keys/values per layer, last hidden state)."""
-    decoder = model.get_decoder()
-    cache = DynamicCache(config=model.config)
-    hidden = decoder(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=position_ids_from_mask(prompt_mask),
-        use_cache=True,
-        **{cache_kwarg(decoder): cache},
-    ).last_hidden_state[:, -1]  # left-padded: the last column is each prompt's last token
-    return [layer_keys_values(cache, i) for i in range(len(cache_layers(cache)))], hidden
-
-
-def _logprobs_after_prompts(model, prompt_state, prompt_mask, which, responses, response_mask,
-                            temperature, chunk_size, with_entropy):  # fmt: skip
-    """Response log-probs of rows whose prompts were run by `_prompt_forward` (row i: prompt
-    `which[i]`): the last prompt hidden state predicts response token 0, the responses' own
-    forward (attending to their prompt's cached keys and values) predicts tokens 1 .. t-1."""
-    kv, last = prompt_state
-    hidden = last[which][:, None]  # (r, 1, h)
-    t = responses.shape[1]
-    if t > 1:
-        decoder = model.get_decoder()
-        cache = DynamicCache(config=model.config)
-        for i, (keys, values) in enumerate(kv):
-            cache.update(keys[which], values[which], i)
-        mask = torch.cat([prompt_mask[which], response_mask[:, :-1]], dim=1)
-        after = decoder(
-            input_ids=responses[:, :-1],
-            attention_mask=mask,
-            position_ids=position_ids_from_mask(mask)[:, prompt_mask.shape[1] :],
-            use_cache=True,
-            **{cache_kwarg(decoder): cache},
-        ).last_hidden_state
-        hidden = torch.cat([hidden, after], dim=1)  # (r, t, h)
-    return _response_stats(model, hidden, responses, response_mask, temperature, chunk_size,
-                           with_entropy)  # fmt: skip
 
 
 BUCKET_MIN_ROWS = 16
@@ -198,28 +124,14 @@ def length_buckets(attention_mask: torch.Tensor, response_start: int) -> list[to
     return best
 
 
-def _padded_logprobs(model, input_ids, attention_mask, response_start, temperature, chunk_size,
-                     with_entropy):  # fmt: skip
-    """`sequence_logprobs` of one padded batch, as it is laid out."""
-    hidden = model.get_decoder()(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
-    # The hidden state at column j predicts the token at column j + 1.
-    hidden = hidden[:, response_start - 1 : -1]
-    return _response_stats(model, hidden, input_ids[:, response_start:],
-                           attention_mask[:, response_start:], temperature, chunk_size,
-                           with_entropy)  # fmt: skip
-
-
-def _response_stats(model, hidden, targets, valid, temperature, chunk_size, with_entropy):
-    """(logprobs, entropy or None), each (n, t), from the hidden states predicting `targets`."""
+def response_stats(head, hidden, targets, valid, temperature, chunk_size, with_entropy):
+    """(logprobs, entropy or None), each (n, t), from the hidden states (n, t, h) predicting
+    `targets` (n, t) through the output `head`; zero where `valid` is 0."""
     n, t, h = hidden.shape
-    head = model.get_output_embeddings()
     args = (hidden.reshape(n * t, h), targets.reshape(n * t))
-    if type(head) is torch.nn.Linear:
+    # The fused head reads head.weight: only for a plain Linear whose weight is what it uses
+    # (a peft LoRA head's .weight is the base weight; a DTensor shard is not the weight).
+    if type(head) is torch.nn.Linear and reads_raw_weights(head):
         stats = _HeadStats.apply(
             *args, head.weight, head.bias, head, temperature, chunk_size, with_entropy
         )
@@ -231,23 +143,6 @@ def _response_stats(model, hidden, targets, valid, temperature, chunk_size, with
     logprobs = stats[0].masked_fill(~valid, 0.0)
     entropy = stats[1].masked_fill(~valid, 0.0) if with_entropy else None
     return logprobs, entropy
-
-
-def cache_kwarg(decoder: torch.nn.Module) -> str:
-    # transformers 5 renamed `past_key_values` to `cache` (the old name warns until 5.40).
-    params = inspect.signature(decoder.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def cache_layers(cache) -> list:
-    return cache.layers if hasattr(cache, "layers") else cache.key_cache
-
-
-def layer_keys_values(cache, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(keys, values) of layer i, each (n, kv_heads, columns, head_dim)."""
-    if hasattr(cache, "layers"):  # transformers >= 4.56
-        return cache.layers[i].keys, cache.layers[i].values
-    return cache.key_cache[i], cache.value_cache[i]
 
 
 def _chunked_head_stats(

@@ -58,22 +58,9 @@ def objective_loss(
         loss_mask=loss_mask,
     )
     mask = loss_mask.to(logprobs.dtype)
-    stats: dict[str, torch.Tensor] = {}
-    kept = valid
-    if sampler_logprobs is not None:
-        sampler_logprobs = torch.where(valid, sampler_logprobs, old_logprobs)
-        weights, kept, behavior_stats = behavior_weights(
-            old_logprobs, sampler_logprobs, loss_mask, correction=spec.behavior_correction,
-            level=spec.behavior_level, cap=spec.behavior_cap, lower=spec.behavior_lower,
-        )  # fmt: skip
-        pg_tok = pg_tok * weights
-        stats.update(behavior_stats)
-    elif spec.behavior_correction != "none":
-        raise ValueError(
-            f"behavior_correction={spec.behavior_correction!r} needs sampler_logprobs (the rollout "
-            "engine's log-probs); when the trainer samples itself they equal old_logprobs: use "
-            "behavior_correction=none"
-        )
+    pg_tok, kept, stats = _behavior_corrected(
+        spec, pg_tok, old_logprobs, sampler_logprobs, loss_mask
+    )
     # Z (normalizer) and |y_i| come from loss_mask as given: correction re-weights, never re-counts
     pg_loss = aggregate(pg_tok, loss_mask, aggregation=spec.aggregation, normalizer=normalizer)
     loss = pg_loss
@@ -95,6 +82,25 @@ def objective_loss(
     elif spec.kl_placement == "loss" and spec.kl_coef > 0:
         raise ValueError("kl_coef > 0 with kl_placement='loss' needs ref_logprobs")
     return loss, stats
+
+
+def _behavior_corrected(spec, pg_tok, old_logprobs, sampler_logprobs, loss_mask):
+    """(pg_tok times the behaviour weights, tokens kept, their stats); unchanged without
+    sampler_logprobs (the trainer sampled itself: pi_sampler = pi_old)."""
+    if sampler_logprobs is None:
+        if spec.behavior_correction != "none":
+            raise ValueError(
+                f"behavior_correction={spec.behavior_correction!r} needs sampler_logprobs (the "
+                "rollout engine's log-probs); when the trainer samples itself they equal "
+                "old_logprobs: use behavior_correction=none"
+            )
+        return pg_tok, loss_mask.bool(), {}
+    sampler_logprobs = torch.where(loss_mask.bool(), sampler_logprobs, old_logprobs)
+    weights, kept, stats = behavior_weights(
+        old_logprobs, sampler_logprobs, loss_mask, correction=spec.behavior_correction,
+        level=spec.behavior_level, cap=spec.behavior_cap, lower=spec.behavior_lower,
+    )  # fmt: skip
+    return pg_tok * weights, kept, dict(stats)
 
 
 def kl_penalized_rewards(

@@ -22,13 +22,10 @@ import dataclasses
 from collections.abc import Collection
 
 import torch
-from transformers.cache_utils import DynamicCache
 
-from drgrpo.models.logprobs import (
-    cache_kwarg,
-    position_ids_from_mask,
-    shared_prompts,
-)
+from drgrpo.models.hf_compat import cache_kwarg, new_cache
+from drgrpo.models.logprobs import position_ids_from_mask, shared_prompts
+from drgrpo.models.wrappers import reads_raw_weights
 from drgrpo.rollout.engine import Rollouts, left_pad
 from drgrpo.rollout.hf_fast import LlamaStepper, TransposedHead, transpose_pays
 
@@ -128,7 +125,7 @@ class HFRolloutEngine:
         p = prompts.shape[1]
         decoder = self.model.get_decoder()
         head = self.model.get_output_embeddings()
-        cache = DynamicCache(config=self.model.config)
+        cache = new_cache(self.model.config)
         first_position = prompt_mask.sum(dim=1)  # (n,) position of each row's first response token
         fast = self.fast_decode and LlamaStepper.supports(self.model)
         # A group's K rows share one prompt: the fast path prefills each distinct prompt once.
@@ -146,7 +143,11 @@ class HFRolloutEngine:
             return hidden, stepper, head
         hidden = hidden if which is None else hidden[which]
         stepper = LlamaStepper(decoder, cache, prompt_mask, first_position, max_new_tokens, which)
-        if type(head) is torch.nn.Linear and transpose_pays(head, max_new_tokens):
+        if (
+            type(head) is torch.nn.Linear
+            and reads_raw_weights(head)
+            and transpose_pays(head, max_new_tokens)
+        ):
             head = TransposedHead(head)
         return hidden, stepper, head
 

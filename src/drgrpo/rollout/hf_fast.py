@@ -9,7 +9,8 @@ import sys
 
 import torch
 
-from drgrpo.models.logprobs import layer_keys_values
+from drgrpo.models.hf_compat import layer_keys_values
+from drgrpo.models.wrappers import reads_raw_weights
 
 
 class LlamaStepper:
@@ -26,6 +27,8 @@ class LlamaStepper:
 
     @staticmethod
     def supports(model) -> bool:
+        if not reads_raw_weights(model):  # peft / sharded / DDP: its .weight is not the weight
+            return False
         config = model.config
         if getattr(config, "model_type", None) not in ("llama", "qwen2"):
             return False
