@@ -71,7 +71,8 @@ def pick_device(name: str) -> torch.device:
 
 def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     run_dir = Path(cfg.output_dir)
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    # durability: the newest complete, hash-verified checkpoint (None: resume from step 0)
+    ckpt = latest_checkpoint(run_dir, say=console.print, missing_ok=True) if resume else None
     if ckpt is not None:
         check_compatible(ckpt, cfg.to_dict())
     torch.manual_seed(cfg.seed)
@@ -113,9 +114,16 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         engine=HFRolloutEngine(policy, tokenizer.eos_token_id, tokenizer.pad_token_id),
         optimizer=optimizer, scheduler=scheduler, generator=generator,
         scorer=RewardScorer(task.verify, cfg.rollout.reward_timeout_s),
-        logger=RunLogger(run_dir, cfg.tensorboard, resume_step=state["step"]),
+        logger=RunLogger(run_dir, cfg.tensorboard, **_log_resume(resume, ckpt, state)),
         console=console, autocast=autocast_for(device), base_path=str(base_path), state=state,
     )  # fmt: skip
+
+
+def _log_resume(resume: bool, ckpt: Path | None, state: dict) -> dict:
+    """durability: how RunLogger cuts the logs back to the checkpoint (step -1: no checkpoint)."""
+    if not resume:
+        return {}
+    return {"resume_step": state["step"] if ckpt else -1, "log_sizes": state.get("log_sizes", {})}
 
 
 def _load_weights(model: torch.nn.Module, folder: Path) -> None:

@@ -13,6 +13,7 @@ from drgrpo.config import TrainConfig
 from drgrpo.objective import render_formula
 from drgrpo.train.checkpoint import save_checkpoint
 from drgrpo.train.loop import TrainingError, eval_metrics, rl_step, run_eval, summarize
+from drgrpo.train.run_dir import open_run_dir, write_text_atomic
 from drgrpo.train.setup import Run, build_run
 
 PROGRESS_KEYS = {"reward/mean": "reward", "reward/accuracy": "acc", "rollout/len_mean": "len"}
@@ -22,6 +23,7 @@ def train(
     cfg: TrainConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     stop_at_step: int | None = None,
     console: Console | None = None,
     progress: bool = True,
@@ -29,12 +31,17 @@ def train(
     """Run (or continue) the RL run described by `cfg`; returns the summary (also summary.json).
 
     `stop_at_step` ends the session after that step with a checkpoint, as an interruption would
-    (for resume tests); the run is then continued with `resume=True`.
+    (for resume tests); the run is then continued with `resume=True`. `overwrite` clears an
+    earlier run in the folder (a fresh start there is refused otherwise, `run_dir.py`).
     """
     console = console or Console()
     start = time.perf_counter()
+    begin = open_run_dir(cfg.output_dir, steps=cfg.steps, resume=resume, overwrite=overwrite,
+                         say=console.print)  # durability  # fmt: skip
+    if begin.finished is not None:
+        return begin.finished
     run = build_run(cfg, resume=resume, console=console)
-    cfg.save(run.run_dir / "config.json")
+    write_text_atomic(run.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     console.print(render_formula(cfg.objective))
     console.print(f"run folder: {run.run_dir}   base policy: {run.base_path}")
     if run.state["base_eval"] is None:
@@ -59,7 +66,7 @@ def train(
     final = run_eval(run, step)
     run.logger.log(step, eval_metrics(final))
     summary = summarize(run, final, time.perf_counter() - start, step)
-    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     _finish(run, summary)
     return summary
 
@@ -91,6 +98,7 @@ def _train_steps(run: Run, step: int, last: int, start: float, progress: bool) -
 def _checkpoint(run: Run, step: int) -> Path:
     state = {k: v for k, v in run.state.items() if k != "step"}
     state["scheduler"] = run.scheduler.state_dict()
+    state["log_sizes"] = run.logger.sync()  # durability: resume cuts the logs back to these
     return save_checkpoint(
         run.run_dir, step, model=run.policy, tokenizer=run.tokenizer, optimizer=run.optimizer,
         state=state, config=run.config.to_dict(), generator=run.generator,
