@@ -82,7 +82,9 @@ def test_manifest_lists_every_file_with_its_size_and_hash(parts, tmp_path):
     ckpt = save(parts, tmp_path, 1)
     manifest = json.loads((ckpt / MANIFEST).read_text())
     on_disk = sorted(
-        p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file() and p.name != MANIFEST
+        p.relative_to(ckpt).as_posix()
+        for p in ckpt.rglob("*")
+        if p.is_file() and p.name != MANIFEST
     )
     assert sorted(manifest["files"]) == on_disk
     assert {"model/model.safetensors", "optimizer.pt", "rng.pt", "state.json"} <= set(on_disk)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from drgrpo.train import run_dir as rd
 from drgrpo.train.checkpoint import MANIFEST, list_checkpoints
@@ -18,7 +19,9 @@ QUIET = {"progress": False}
 
 @pytest.mark.parametrize("earlier", ["metrics.jsonl", "summary.json", "checkpoints"])
 def test_fresh_start_over_an_earlier_run_is_refused(tmp_path, earlier):
-    (tmp_path / earlier).mkdir() if earlier == "checkpoints" else (tmp_path / earlier).write_text("")
+    (tmp_path / earlier).mkdir() if earlier == "checkpoints" else (tmp_path / earlier).write_text(
+        ""
+    )
     with pytest.raises(RunDirError) as err:
         open_run_dir(tmp_path, steps=4, resume=False, overwrite=False)
     msg = str(err.value)
@@ -185,3 +188,55 @@ def cfg_dir(cfg):
     from pathlib import Path
 
     return Path(cfg.output_dir)
+
+
+def test_ctrl_c_mid_step_finishes_the_step_then_checkpoints(small_run, dense_reward, monkeypatch):
+    """SIGINT arrives after step 3 has updated the optimizer and data position but before it is
+    logged: unguarded, the checkpoint saved on interrupt would mix step 3's state with step 2's
+    number, and the resumed run would differ."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from drgrpo.train import trainer
+
+    straight = small_run(name="straight")
+    train(straight, **QUIET)
+    cfg = small_run(name="interrupted")
+    real = trainer.rl_step
+
+    def step_then_ctrl_c(run, step):
+        metrics = real(run, step)
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(trainer, "rl_step", step_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, **QUIET)
+    assert list_checkpoints(cfg.output_dir)[-1].name == "step-000003"
+    assert [r["step"] for r in read_metrics(cfg.output_dir)] == [0, 1, 2, 3]
+    monkeypatch.setattr(trainer, "rl_step", real)
+    train(cfg, resume=True, **QUIET)
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # noqa: E731
+    assert strip(read_metrics(cfg.output_dir)) == strip(read_metrics(straight.output_dir))
+    wa, wb = (load_file(str(list_checkpoints(c.output_dir)[-1] / "model" / "model.safetensors"))
+              for c in (straight, cfg))  # fmt: skip
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_second_ctrl_c_stops_at_once(monkeypatch):
+    import os
+    import signal
+
+    exits = []
+    monkeypatch.setattr(rd.os, "_exit", exits.append)
+    said = []
+    with pytest.raises(KeyboardInterrupt), rd.InterruptGuard(said.append) as guard:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert guard.requested and exits == []  # held: the step goes on
+        os.kill(os.getpid(), signal.SIGINT)
+        assert exits == [130]
+    assert "finishing this step" in said[0] and "stopping now" in said[1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

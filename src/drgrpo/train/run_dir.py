@@ -4,6 +4,8 @@
   clears it), so logs never mix two runs.
 - `--resume` continues from the newest complete checkpoint (or from step 0 when none was
   written); a run that already finished is reported, not redone.
+- Ctrl-C lands between steps (`InterruptGuard`): a checkpoint saved on interrupt never holds
+  half a step.
 - Small files (config.json, summary.json) are replaced atomically: a kill leaves the old or the
   new content, never half of one.
 
@@ -20,6 +22,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,3 +145,41 @@ def _read_summary(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+class InterruptGuard:
+    """Hold a Ctrl-C (SIGINT) until the current step is over, so that the checkpoint saved on
+    interrupt holds whole steps only (an optimizer update, data position and RNG of one step).
+
+    `check()` raises KeyboardInterrupt at a step boundary if Ctrl-C was pressed, and so does
+    leaving the block. A second Ctrl-C ends the process at once without a checkpoint, which the
+    run survives like a kill. Outside the main thread (where signals cannot be caught) it does
+    nothing.
+    """
+
+    def __init__(self, say: Callable[[str], None] = print) -> None:
+        self.say = say
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> InterruptGuard:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.requested:
+            self.say("second Ctrl-C: stopping now; --resume continues from the last checkpoint")
+            os._exit(130)
+        self.requested = True
+        self.say("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again: stop now)")
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        if exc_type is None:
+            self.check()

@@ -13,7 +13,7 @@ from drgrpo.config import TrainConfig
 from drgrpo.objective import render_formula
 from drgrpo.train.checkpoint import save_checkpoint
 from drgrpo.train.loop import TrainingError, eval_metrics, rl_step, run_eval, summarize
-from drgrpo.train.run_dir import open_run_dir, write_text_atomic
+from drgrpo.train.run_dir import InterruptGuard, open_run_dir, write_text_atomic
 from drgrpo.train.setup import Run, build_run
 
 PROGRESS_KEYS = {"reward/mean": "reward", "reward/accuracy": "acc", "rollout/len_mean": "len"}
@@ -51,7 +51,8 @@ def train(
     last = stop_at_step if stop_at_step is not None else cfg.steps
     step = run.state["step"]
     try:
-        step = _train_steps(run, step, min(last, cfg.steps), start, progress)
+        with InterruptGuard(console.print) as guard:  # durability: Ctrl-C between steps only
+            step = _train_steps(run, step, min(last, cfg.steps), start, progress, guard)
     except KeyboardInterrupt:
         _checkpoint(run, run.state["step"])
         console.print(f"[yellow]interrupted: checkpoint saved at step {run.state['step']}; "
@@ -71,12 +72,14 @@ def train(
     return summary
 
 
-def _train_steps(run: Run, step: int, last: int, start: float, progress: bool) -> int:
+def _train_steps(run: Run, step: int, last: int, start: float, progress: bool,
+                 guard: InterruptGuard) -> int:  # fmt: skip
     cfg = run.config
     bar = tqdm(total=cfg.steps, initial=step, desc=f"{cfg.objective.name}", disable=not progress,
                dynamic_ncols=True)  # fmt: skip
     try:
         while step < last:
+            guard.check()  # durability: a held Ctrl-C stops here, between two whole steps
             if cfg.max_minutes and time.perf_counter() - start > 60 * cfg.max_minutes:
                 run.console.print(f"[yellow]max_minutes={cfg.max_minutes} reached at step {step}")
                 break
