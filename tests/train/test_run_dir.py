@@ -240,3 +240,32 @@ def test_second_ctrl_c_stops_at_once(monkeypatch):
         assert exits == [130]
     assert "finishing this step" in said[0] and "stopping now" in said[1]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_cli_refuses_an_earlier_run_in_one_line(tmp_path, capsys):
+    from drgrpo.cli import main
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
+    assert main(["train", "--no-progress", f"output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("drgrpo train: error: ") and "already holds a run" in err
+    assert "--overwrite" in err and err.count("\n") == 1
+    assert main(["train", "--resume", str(tmp_path), "--overwrite"]) == 2  # no config.json there
+
+
+def test_tensorboard_drops_the_steps_after_the_checkpoint(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = RunLogger(tmp_path, tensorboard=True)
+    for step in (0, 1, 2, 3):
+        log.log(step, {"reward/mean": float(step)})
+    log.close()
+    log = RunLogger(tmp_path, tensorboard=True, resume_step=1, log_sizes=None)
+    log.log(2, {"reward/mean": 20.0})
+    log.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("reward/mean")] == [
+        (0, 0.0), (1, 1.0), (2, 20.0)
+    ]  # fmt: skip
