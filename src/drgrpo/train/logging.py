@@ -23,7 +23,7 @@ class RunLogger:
     def __init__(self, run_dir: Path, tensorboard: bool = False, resume_step: int | None = None,
                  log_sizes: dict[str, int] | None = None) -> None:  # fmt: skip
         """`resume_step` None: a fresh run. Else a resume from that step (-1: from no checkpoint):
-        each log is cut to its size in `log_sizes` (absent: 0), or, for a checkpoint that did not
+        each log is cut to its size in `log_sizes` (absent: deleted), or, for a checkpoint that did not
         record sizes, to the rows of steps <= resume_step."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -32,7 +32,7 @@ class RunLogger:
             for name in LOGS:
                 path = self.run_dir / name
                 if log_sizes is not None:
-                    _truncate_to(path, log_sizes.get(name, 0), resume_step)
+                    _truncate_to(path, log_sizes.get(name), resume_step)
                 else:
                     _truncate_after(path, resume_step)
         self._tb = None
@@ -114,7 +114,11 @@ def _jsonable(value: object) -> object:
     return value
 
 
-def _truncate_to(path: Path, size: int, step: int) -> None:
+def _truncate_to(path: Path, size: int | None, step: int) -> None:
+    """Cut `path` back to `size` bytes; None: the log did not exist at the checkpoint."""
+    if size is None:
+        path.unlink(missing_ok=True)
+        return
     if not path.is_file():
         if size:
             raise ValueError(
