@@ -98,6 +98,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML config file (see configs/)")
     p.add_argument("--preset", help="reinforce | ppo | grpo | rloo | dapo | dr_grpo")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier run in output_dir and start again")  # fmt: skip
     p.add_argument("--help-config", action="store_true", help="print every config field")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -127,8 +129,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
     console = Console()
     try:
-        summary = train(cfg, resume=bool(args.resume), progress=not args.no_progress,
-                        console=console)  # fmt: skip
+        summary = train(cfg, resume=bool(args.resume), overwrite=args.overwrite,
+                        progress=not args.no_progress, console=console)  # fmt: skip
     except TrainingError as e:
         print(f"drgrpo train: stopped: {e}", file=sys.stderr)
         return 3

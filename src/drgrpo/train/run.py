@@ -42,6 +42,8 @@ class RunState:
     """Consecutive steps in which no rollout stopped (collapse detector)."""
     nonfinite_streak: int = 0
     """Consecutive optimizer steps skipped for a non-finite loss or gradient."""
+    log_sizes: dict = field(default_factory=dict)
+    """Byte size of each log at the checkpoint: resume cuts the logs back to exactly these."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -93,7 +95,8 @@ def autocast_for(device: torch.device, compute_dtype: str) -> Callable:
 
 def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     run_dir = Path(cfg.output_dir)
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    # The newest complete, hash-verified checkpoint (None: resume from step 0).
+    ckpt = latest_checkpoint(run_dir, say=console.print, missing_ok=True) if resume else None
     if ckpt is not None:
         check_compatible(ckpt, cfg.to_dict())
     torch.manual_seed(cfg.seed)
@@ -125,9 +128,16 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         engine=HFRolloutEngine(policy, rule.stop_ids, rule.pad_id),
         optimizer=optimizer, scheduler=scheduler, generator=generator,
         scorer=RewardScorer(task.verify, cfg.rollout.reward_timeout_s),
-        logger=RunLogger(run_dir, cfg.tensorboard, resume_step=state.step),
+        logger=RunLogger(run_dir, cfg.tensorboard, **_log_resume(resume, ckpt, state)),
         console=console, autocast=autocast_for(device, cfg.model.dtype), base_path=str(base_path), state=state,
     )  # fmt: skip
+
+
+def _log_resume(resume: bool, ckpt: Path | None, state: RunState) -> dict:
+    """How RunLogger cuts the logs back to the checkpoint (step -1: there was none)."""
+    if not resume:
+        return {}
+    return {"resume_step": state.step if ckpt else -1, "log_sizes": state.log_sizes}
 
 
 def _optimizer(cfg: TrainConfig, policy: torch.nn.Module, device: torch.device):

@@ -20,6 +20,7 @@ from drgrpo.train.export import export_model
 from drgrpo.train.metrics import eval_metrics, summarize
 from drgrpo.train.rl_step import rl_step
 from drgrpo.train.run import Run, build_run
+from drgrpo.train.run_dir import InterruptGuard, open_run_dir, write_text_atomic
 
 PROGRESS_KEYS = {"reward/mean": "reward", "reward/accuracy": "acc", "rollout/len_mean": "len"}
 
@@ -28,6 +29,7 @@ def train(
     cfg: TrainConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     stop_at_step: int | None = None,
     console: Console | None = None,
     progress: bool = True,
@@ -35,12 +37,17 @@ def train(
     """Run (or continue) the RL run described by `cfg`; returns the summary (also summary.json).
 
     `stop_at_step` ends the session after that step with a checkpoint, as an interruption would
-    (for resume tests); the run is then continued with `resume=True`.
+    (for resume tests); the run is then continued with `resume=True`. `overwrite` clears an
+    earlier run in the folder (a fresh start there is refused otherwise, `run_dir.py`).
     """
     console = console or Console()
     start = time.perf_counter()
+    begin = open_run_dir(cfg.output_dir, steps=cfg.steps, resume=resume, overwrite=overwrite,
+                         say=console.print)  # fmt: skip
+    if begin.finished is not None:
+        return begin.finished
     run = build_run(cfg, resume=resume, console=console)
-    cfg.save(run.run_dir / "config.json")
+    write_text_atomic(run.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     console.print(render_formula(cfg.objective))
     console.print(f"run folder: {run.run_dir}   base policy: {run.base_path}")
     try:
@@ -58,7 +65,8 @@ def _session(run: Run, stop_at_step: int | None, start: float, progress: bool) -
         run.logger.log(0, eval_metrics(run.state.base_eval))
     last = stop_at_step if stop_at_step is not None else cfg.steps
     try:
-        step = _train_steps(run, run.state.step, min(last, cfg.steps), start, progress)
+        with InterruptGuard(console.print) as guard:  # Ctrl-C is acted on between whole steps
+            step = _train_steps(run, run.state.step, min(last, cfg.steps), start, progress, guard)
     except KeyboardInterrupt:
         _checkpoint(run, run.state.step)
         console.print(f"[yellow]interrupted: checkpoint saved at step {run.state.step}; "
@@ -77,7 +85,7 @@ def _session(run: Run, stop_at_step: int | None, start: float, progress: bool) -
         source={"run_dir": str(run.run_dir), "step": step, "config": cfg.to_dict()},
     )  # fmt: skip
     summary["final_model"] = str(final_dir)
-    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -93,12 +101,14 @@ def run_eval(run: Run, step: int) -> dict:
         )  # fmt: skip
 
 
-def _train_steps(run: Run, step: int, last: int, start: float, progress: bool) -> int:
+def _train_steps(run: Run, step: int, last: int, start: float, progress: bool,
+                 guard: InterruptGuard) -> int:  # fmt: skip
     cfg = run.config
     bar = tqdm(total=cfg.steps, initial=step, desc=f"{cfg.objective.name}", disable=not progress,
                dynamic_ncols=True)  # fmt: skip
     try:
         while step < last:
+            guard.check()  # a held Ctrl-C stops here, between two whole steps
             if cfg.max_minutes and time.perf_counter() - start > 60 * cfg.max_minutes:
                 run.console.print(f"[yellow]max_minutes={cfg.max_minutes} reached at step {step}")
                 break
@@ -120,6 +130,7 @@ def _train_steps(run: Run, step: int, last: int, start: float, progress: bool) -
 def _checkpoint(run: Run, step: int) -> Path:
     state = {k: v for k, v in run.state.to_json().items() if k != "step"}
     state["scheduler"] = run.scheduler.state_dict()
+    state["log_sizes"] = run.logger.sync()  # resume cuts the logs back to these
     return save_checkpoint(
         run.run_dir, step, model=run.policy, tokenizer=run.tokenizer, optimizer=run.optimizer,
         state=state, config=run.config.to_dict(), generator=run.generator,
