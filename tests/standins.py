@@ -119,7 +119,9 @@ def build_qwen_standin(
         pad_token_id=tokenizer.pad_token_id,
         initializer_range=0.2,  # peaked distributions: greedy argmaxes far from ties
     )
-    stops = None if stop_tokens is None else [tokenizer.convert_tokens_to_ids(t) for t in stop_tokens]
+    stops = (
+        None if stop_tokens is None else [tokenizer.convert_tokens_to_ids(t) for t in stop_tokens]
+    )
     return _save(config, tokenizer, path, stops, seed)
 
 
@@ -133,8 +135,9 @@ _FAMILY_OPTIONS = {
     # Soft-capped logits and attention, alternating sliding-window layers (window 8 < the test
     # sequences, so it binds).
     "gemma2": dict(num_key_value_heads=2, head_dim=16, sliding_window=8, query_pre_attn_scalar=16),
-    "gemma3_text": dict(num_key_value_heads=2, head_dim=16, sliding_window=8,
-                        query_pre_attn_scalar=16),  # fmt: skip
+    "gemma3_text": dict(
+        num_key_value_heads=2, head_dim=16, sliding_window=8, query_pre_attn_scalar=16
+    ),  # fmt: skip
     "phi3": dict(num_key_value_heads=2, tie_word_embeddings=False),
     "phi": dict(num_key_value_heads=4, tie_word_embeddings=False),
     "llama": dict(num_key_value_heads=2, tie_word_embeddings=False),
@@ -174,10 +177,24 @@ def _save(config, tokenizer, path, stop_ids, seed) -> Path:
         pad_token_id=tokenizer.pad_token_id,
     )
     model.generation_config = generation
+    _make_stops_likely(model, stop_ids or [tokenizer.eos_token_id], config.initializer_range)
     path = Path(path)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@torch.no_grad()
+def _make_stops_likely(model, stop_ids, std, scale=2.0):
+    """A random model all but never samples one given token; a trained one ends its answers.
+    Each stop id's output row is drawn afresh if it is zero (the embedding's padding_idx row, tied
+    to the head when pad is a stop id) and scaled by `scale`, so that greedy rows stop on either
+    id of the stop set within a few tokens, and some run out (the tests check they do)."""
+    head = model.get_output_embeddings().weight  # (V, H)
+    for i in stop_ids:
+        if not head[i].any():
+            head[i].normal_(0.0, std)
+        head[i] *= scale
 
 
 def _padded(n: int, multiple: int = 64) -> int:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from drgrpo.models.logprobs import sequence_logprobs
+from drgrpo.rollout import HFRolloutEngine, TokenRule
 from standins import (
     ENDOFTEXT,
     FAMILIES,
@@ -17,10 +21,6 @@ from standins import (
     build_family_standin,
     build_qwen_standin,
 )
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from drgrpo.models.logprobs import sequence_logprobs
-from drgrpo.rollout import HFRolloutEngine, TokenRule
 
 PROMPTS = ["What is 3 + 4?", "Compute 12 * 7 - 7. We get", "x", "Solve for x: 2x + 3 = 11, so"]
 MAX_NEW = 12
@@ -90,8 +90,14 @@ def test_char_tokenizer_families_keep_their_bos(folders):
     assert rule.stop_ids == frozenset({tok.eos_token_id}) and rule.pad_id == tok.pad_token_id
 
 
-# Families whose drgrpo path disagrees with plain transformers: family -> the exact failure.
-KNOWN_BREAKS: dict[str, str] = {}
+# Where drgrpo disagrees with plain transformers: case -> the exact failure (xfail, strict).
+SOFTCAP = (
+    "drgrpo applies get_output_embeddings() to the decoder's hidden states itself "
+    "(sequence_logprobs' chunked head, HFRolloutEngine's head(hidden)), skipping the "
+    "final_logit_softcapping (30.0) that Gemma2ForCausalLM.forward applies to the logits: "
+    "log-probs off by up to 0.038 (sampler_logprobs too); greedy tokens agree, tanh is monotone"
+)
+LOGPROB_BREAKS: dict[str, str] = {"gemma2": SOFTCAP}
 CASES = ["qwen2", "qwen2_pad_eos", *FAMILIES]
 
 
@@ -102,10 +108,11 @@ def _rollouts(model, tok, fast_decode=True):
     return rule, prompt_ids, engine.generate(prompt_ids, max_new_tokens=MAX_NEW, temperature=0.0)
 
 
-def _params(cases):
+def _params(cases, breaks=None):
+    breaks = breaks or {}
     return [
-        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BREAKS[c]))
-        if c in KNOWN_BREAKS
+        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=breaks[c]))
+        if c in breaks
         else c
         for c in cases
     ]
@@ -134,7 +141,7 @@ def test_greedy_rollouts_equal_transformers_generate(folders, case, fast_decode)
         assert rollouts.finish_reason[i] == ("stop" if out[-1] in rule.stop_ids else "length")
 
 
-@pytest.mark.parametrize("case", _params(CASES))
+@pytest.mark.parametrize("case", _params(CASES, LOGPROB_BREAKS))
 def test_logprobs_equal_transformers_forward(folders, case):
     model, tok = load(folders[case])
     _, prompt_ids, rollouts = _rollouts(model, tok)
@@ -150,13 +157,20 @@ def test_logprobs_equal_transformers_forward(folders, case):
             logits = model(torch.tensor([prompt + response.tolist()])).logits[0].float()
         # Row i's token t is predicted at position len(prompt) - 1 + t.
         reference = logits[len(prompt) - 1 : -1].log_softmax(-1).gather(-1, response[:, None])[:, 0]
-        torch.testing.assert_close(logprobs[i, :n], reference, rtol=0, atol=1e-5)
         torch.testing.assert_close(rollouts.sampler_logprobs[i, :n], reference, rtol=0, atol=1e-5)
+        torch.testing.assert_close(logprobs[i, :n], reference, rtol=0, atol=1e-5)
         assert (logprobs[i, n:] == 0).all()
 
 
 def test_some_greedy_rows_stop_and_some_run_out(folders):
     """The agreement tests above mean something only if rows stop on the stop set."""
     model, tok = load(folders["qwen2"])
-    _, _, rollouts = _rollouts(model, tok)
-    assert "stop" in rollouts.finish_reason and "length" in rollouts.finish_reason
+    rule, _, rollouts = _rollouts(model, tok)
+    lengths = rollouts.response_mask.sum(dim=1).tolist()
+    ends = {
+        int(rollouts.response_ids[i, n - 1])
+        for i, n in enumerate(lengths)
+        if rollouts.finish_reason[i] == "stop"
+    }
+    assert ends == rule.stop_ids  # rows stop on <|im_end|> and on <|endoftext|>
+    assert "length" in rollouts.finish_reason
