@@ -19,13 +19,14 @@ import functools
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
 from drgrpo.models.tokenizer import build_tokenizer as build_char_tokenizer
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
-SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
+BEGIN, EOT = "<|begin_of_text|>", "<|eot_id|>"  # Llama 3's BOS and end of turn
+SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, BEGIN, EOT)
 
 # Qwen2.5's chat template, cut down: the same turn markup and default system message rule, no
 # tools. The real one is in Qwen/Qwen2.5-*/tokenizer_config.json.
@@ -85,6 +86,39 @@ def build_qwen_tokenizer(*, pad_equals_eos: bool = False, vocab_size: int = 400)
         pad_token=ENDOFTEXT,
         additional_special_tokens=[IM_START, IM_END],
         chat_template=CHAT_TEMPLATE,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+# Llama 3's chat template, cut down: like most chat templates (Llama, Gemma, Mistral, Phi-3) it
+# writes the BOS itself, while the tokenizer also adds one to every encoded text.
+LLAMA3_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content']"
+    " + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{%- endif %}"
+)
+
+
+def build_llama3_tokenizer():
+    """A Llama-3-style tokenizer on the same BPE: `<|begin_of_text|>` added before every text
+    (a post-processor), eos `<|eot_id|>`, and a chat template that writes the BOS too."""
+    backend = Tokenizer.from_str(_bpe_backend(400))
+    backend.add_special_tokens(["<|start_header_id|>", "<|end_header_id|>"])
+    bos = backend.token_to_id(BEGIN)
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BEGIN} $A", pair=f"{BEGIN} $A $B", special_tokens=[(BEGIN, bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BEGIN,
+        eos_token=EOT,
+        pad_token=ENDOFTEXT,
+        chat_template=LLAMA3_CHAT_TEMPLATE,
         padding_side="left",
         clean_up_tokenization_spaces=False,
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from drgrpo.models.tokenizer import build_tokenizer as build_char_tokenizer
+from drgrpo.rollout import TokenRule
 from drgrpo.rollout.templates import PromptTemplate, check_template
-from standins import build_qwen_tokenizer
+from standins import build_llama3_tokenizer, build_qwen_tokenizer
 
 
 # The paper's functions, re-typed as the reference: sail-sg/understand-r1-zero,
@@ -156,3 +157,28 @@ def test_chat_errors_name_the_fix():
         template.render([], build_qwen_tokenizer())
     with pytest.raises(TypeError, match="needs the 'chat' template"):
         PromptTemplate.parse("r1").render([{"role": "user", "content": "q"}])
+
+
+def test_chat_prompt_ids_equal_apply_chat_template_ids():
+    messages = [{"role": "user", "content": "What is 2 + 2?"}]
+    template = PromptTemplate.parse("chat")
+    for tok in (build_qwen_tokenizer(), build_llama3_tokenizer()):
+        expected = tok.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+        text = template.render(messages, tok)
+        assert tok.encode(text, add_special_tokens=template.encode_special_tokens) == expected
+    assert PromptTemplate.parse("qwen_math").encode_special_tokens  # plain text: the tokenizer's
+    # own convention (a BOS for Llama 3, none for Qwen)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="TokenRule.encode_prompt always encodes with add_special_tokens=True, so a chat "
+    "template that writes the BOS (Llama 3, Gemma, Mistral, Phi-3) gets it twice: "
+    "[bos, bos, ...]; encode chat text with PromptTemplate.encode_special_tokens (False)",
+)
+def test_token_rule_encodes_chat_prompts_like_apply_chat_template():
+    tok = build_llama3_tokenizer()
+    messages = [{"role": "user", "content": "What is 2 + 2?"}]
+    expected = tok.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+    rule = TokenRule.from_tokenizer(tok)
+    assert rule.encode_prompt(tok, PromptTemplate.parse("chat").render(messages, tok)) == expected

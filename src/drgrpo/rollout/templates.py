@@ -57,6 +57,14 @@ class PromptTemplate:
     uses_chat_template: bool = False
     """True: the rendered text is the tokenizer's chat template applied to the messages."""
 
+    @property
+    def encode_special_tokens(self) -> bool:
+        """The `add_special_tokens` to encode the rendered text with. False for chat: a chat
+        template writes its own special tokens, the BOS included (Llama, Gemma, Mistral, Phi-3),
+        and `apply_chat_template(tokenize=True)` encodes without adding any; True otherwise (the
+        tokenizer's own convention, as vLLM and `tokenizer(prompt)` apply to a prompt string)."""
+        return not self.uses_chat_template
+
     def __post_init__(self) -> None:
         check_template(self.text)
 
