@@ -162,9 +162,11 @@ def test_logprobs_equal_transformers_forward(folders, case):
         assert (logprobs[i, n:] == 0).all()
 
 
-def test_some_greedy_rows_stop_and_some_run_out(folders):
-    """The agreement tests above mean something only if rows stop on the stop set."""
-    model, tok = load(folders["qwen2"])
+@pytest.mark.parametrize("case", ["qwen2", "qwen2_pad_eos"])
+def test_some_greedy_rows_stop_and_some_run_out(folders, case):
+    """The agreement tests above mean something only if rows stop on each id of the stop set;
+    with pad == eos, the row that sampled the pad id stopped and keeps it in its mask."""
+    model, tok = load(folders[case])
     rule, _, rollouts = _rollouts(model, tok)
     lengths = rollouts.response_mask.sum(dim=1).tolist()
     ends = {
