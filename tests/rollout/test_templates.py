@@ -60,6 +60,14 @@ def test_paper_name_no_is_none():
     assert PromptTemplate.parse("no") == PromptTemplate.parse("none")
 
 
+def test_paper_stop_strings():
+    # ZeroMathActor: r1 stops on "</answer>"; qwen_math and no unset every external stop.
+    assert PromptTemplate.parse("r1").stop_strings == ("</answer>",)
+    assert PromptTemplate.parse("qwen_math").stop_strings == ()
+    assert PromptTemplate.parse("none").stop_strings == ()
+    assert PromptTemplate.parse("{question}").stop_strings == ()
+
+
 def test_qwen_math_renders_a_single_brace_pair():
     # The bug of the shipped config: the template text reached the model as "\boxed{{}}".
     text = PromptTemplate.parse("qwen_math").render("Q")

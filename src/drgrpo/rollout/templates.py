@@ -36,6 +36,10 @@ PAPER_TEMPLATES: dict[str, str] = {
     ),
     "none": "{question}",
 }
+PAPER_STOP_STRINGS: dict[str, tuple[str, ...]] = {"r1": ("</answer>",)}
+"""Text that ends a response besides the stop ids: ZeroMathActor (same file and commit) stops r1
+rollouts on "</answer>", kept in the output, and unsets every external stop for qwen_math and
+no ("Qwen models ... can themselves stop generation")."""
 ALIASES = {"no": "none"}
 CHAT = "chat"
 PLACEHOLDERS = frozenset({"question"})
@@ -56,6 +60,12 @@ class PromptTemplate:
     """The format string (for `chat`: the user message's content, "{question}" by default)."""
     uses_chat_template: bool = False
     """True: the rendered text is the tokenizer's chat template applied to the messages."""
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """Strings that end a rollout in the paper's setup for this template (kept in the
+        response); () for all but r1."""
+        return PAPER_STOP_STRINGS.get(self.name, ())
 
     @property
     def encode_special_tokens(self) -> bool:
