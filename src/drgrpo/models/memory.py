@@ -9,14 +9,16 @@ Pure arithmetic (no weights are loaded), so a run can say what will not fit befo
                    updates land in; bf16 parameters round a 1e-6 step away)
     reference      P x bytes(param dtype) when a frozen reference model is kept (KL)
     kv cache       L x 2 (k, v) x rows x kv_heads x (prompt + max_new_tokens) x head_dim x bytes
-                   rows = the rows generated in one call (the rollout chunk, or all N)
+                   rows = the rows generated in one call (the rollout chunk, or all N); the
+                   shape of the fast path's preallocated buffer (`LlamaStepper.kv`)
     rollout logits 3 x rows x V x 4: logits, log-softmax and probabilities of one decode step
     activations    per layer and token, the tensors a Llama/Qwen2 block keeps for backward:
                    4H (two norms' inputs and outputs) + 2(q + kv) (q, k, v, attention output)
                    + 4I (gate, up, act(gate), their product) elements of the compute dtype;
                    x layers, or under gradient checkpointing H per layer (each layer's input)
-                   + one layer's full set (recomputed in backward). A rough lower bound: norms
-                   upcast to fp32 and attention kernels add more.
+                   + one layer's full set (recomputed in backward). A lower bound: what
+                   autograd saves measured 1.08-1.14x of it in fp32, 1.16-1.26x in bf16 (the
+                   norms' fp32 upcasts; tests/models/test_memory.py)
     logits block   the chunked head (`drgrpo.models.logprobs`): 3 blocks of
                    min(chunk rows, response tokens) x min(V, tile) fp32 logits
 
