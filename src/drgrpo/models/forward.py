@@ -12,7 +12,13 @@ from __future__ import annotations
 import torch
 
 from drgrpo.models import logprobs as lp
-from drgrpo.models.hf_compat import cache_kwarg, cache_layers, layer_keys_values, new_cache
+from drgrpo.models.hf_compat import (
+    cache_kwarg,
+    cache_layers,
+    layer_keys_values,
+    new_cache,
+    output_head,
+)
 
 Stats = tuple[torch.Tensor, torch.Tensor | None]
 
@@ -128,7 +134,7 @@ class LogprobModel(torch.nn.Module):
         return self._stats(hidden, responses, response_mask, *args)
 
     def _stats(self, hidden, targets, valid, temperature, chunk_size, with_entropy) -> Stats:
-        head = self.model.get_output_embeddings()
+        head = output_head(self.model)  # a softcapped head is not a plain Linear: generic path
         return lp.response_stats(head, hidden, targets, valid, temperature, chunk_size,
                                  with_entropy)  # fmt: skip
 

@@ -33,3 +33,28 @@ def layer_keys_values(cache, i: int) -> tuple[torch.Tensor, torch.Tensor]:
     if hasattr(cache, "layers"):  # transformers >= 4.56
         return cache.layers[i].keys, cache.layers[i].values
     return cache.key_cache[i], cache.value_cache[i]
+
+
+class SoftcappedHead(torch.nn.Module):
+    """head(h), then cap * tanh(logits / cap): Gemma 2's final_logit_softcapping, which its
+    ForCausalLM.forward applies after the head (so a caller of the head alone must too)."""
+
+    def __init__(self, head: torch.nn.Module, cap: float) -> None:
+        super().__init__()
+        self.head, self.cap = head, float(cap)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The wrapped head's weight (callers read its shape: the vocabulary size)."""
+        return self.head.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.head(hidden) / self.cap) * self.cap
+
+
+def output_head(model) -> torch.nn.Module:
+    """The module that maps the decoder's last hidden states to the logits the model's own
+    forward returns: the output embedding, plus any post-processing its config asks for."""
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return SoftcappedHead(head, cap) if cap else head

@@ -23,7 +23,7 @@ from collections.abc import Collection
 
 import torch
 
-from drgrpo.models.hf_compat import cache_kwarg, new_cache
+from drgrpo.models.hf_compat import cache_kwarg, new_cache, output_head
 from drgrpo.models.logprobs import position_ids_from_mask, shared_prompts
 from drgrpo.models.wrappers import reads_raw_weights
 from drgrpo.rollout.engine import Rollouts, left_pad
@@ -124,7 +124,7 @@ class HFRolloutEngine:
         stepper that continues from the cache, the head to apply)."""
         p = prompts.shape[1]
         decoder = self.model.get_decoder()
-        head = self.model.get_output_embeddings()
+        head = output_head(self.model)
         cache = new_cache(self.model.config)
         first_position = prompt_mask.sum(dim=1)  # (n,) position of each row's first response token
         fast = self.fast_decode and LlamaStepper.supports(self.model)
