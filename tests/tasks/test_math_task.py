@@ -231,7 +231,10 @@ def test_invalid_configuration_raises_value_error_with_the_fix(kwargs, message):
     ("lines", "message"),
     [
         (['{"problem": "a", "answer": "1"}', '{"problem": oops'], "line 2 is not a JSON object"),
-        (['{"problem": "a", "answer": "1"}', '{"problem": "", "answer": "2"}'], "row 2, field 'problem'"),
+        (
+            ['{"problem": "a", "answer": "1"}', '{"problem": "", "answer": "2"}'],
+            "row 2, field 'problem'",
+        ),
         (
             ['{"problem": "a", "answer": "1"}', '{"problem": "b", "answer": null}'],
             "row 2, field 'answer'",

@@ -16,17 +16,16 @@ Isolation: terms marked `isolate` (the built-in graders by default) run in a `Re
 worker processes whose hard per-call limit kills a stuck call. The other terms run in process
 under a SIGALRM deadline (`drgrpo.tasks.deadline`), which stops Python code but neither a long
 C call nor a function that swallows BaseException in a loop: that is why the graders go to the
-pool. Off the main thread (no SIGALRM) an in-process call runs in a helper thread that is
-abandoned on time-out. Batched terms always run in process, with timeout_s per completion.
+pool. Off the main thread (no SIGALRM) an in-process call runs in a daemon thread that is
+abandoned on time-out (it may keep a core busy: prefer the pool there). Batched terms always run in process, with timeout_s per completion.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from drgrpo.tasks.deadline import can_use_alarm, time_limit
@@ -208,7 +207,6 @@ class RewardScorer:
         self._pool = (
             RewardPool([(t.term.fn, t.term.args) for t in isolated], workers) if isolated else None
         )
-        self._thread: ThreadPoolExecutor | None = None
 
     @classmethod
     def for_task(cls, task, timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs) -> RewardScorer:
@@ -322,17 +320,26 @@ class RewardScorer:
         except Exception as err:  # noqa: BLE001 - any reward bug scores 0 and is reported
             return "error", f"{type(err).__name__}: {err}"
 
-    def _call_in_thread(self, func, args, completion, example, limit_s):
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drgrpo-reward")
-        future = self._thread.submit(func, completion, example, **args)
-        try:
-            return future.result(timeout=limit_s)
-        except FutureTimeout:
-            # The stuck thread keeps running; later calls go to a new worker.
-            self._thread.shutdown(wait=False, cancel_futures=True)
-            self._thread = None
-            raise RewardTimeout from None
+    @staticmethod
+    def _call_in_thread(func, args, completion, example, limit_s):
+        # A daemon thread per call: a stuck one is abandoned (Python cannot kill a thread) and,
+        # being a daemon, does not hold the interpreter open at exit.
+        box: dict = {}
+
+        def target() -> None:
+            try:
+                box["value"] = func(completion, example, **args)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller
+                box["error"] = err
+
+        thread = threading.Thread(target=target, name="drgrpo-reward", daemon=True)
+        thread.start()
+        thread.join(limit_s)
+        if thread.is_alive():
+            raise RewardTimeout
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     # --- the single-verifier form, kept for existing callers ----------------------------
     def score(
@@ -347,8 +354,6 @@ class RewardScorer:
         return self.score([completion], [reference])[0][0]
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._thread.shutdown(wait=False, cancel_futures=True)
         if self._pool is not None:
             self._pool.close()
             self._pool = None
