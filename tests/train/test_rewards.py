@@ -59,6 +59,10 @@ def c_call(completion, example):
     base = len(completion) + 9  # not a literal: the compiler must not fold it
     return float(pow(base, base ** base) > 0)  # one C call that runs for minutes
 
+def exits(completion, example):
+    import os
+    os._exit(3)
+
 def length_penalty(completion, example):
     return -min(len(completion), 10) / 10
 
@@ -266,6 +270,22 @@ def test_a_file_reward_loads_in_the_workers_by_path_and_by_import(rewards_file, 
     with RewardPool([(f"{rewards_file}:exact", {}), ("user_rewards:parts", {})], workers=1) as pool:
         out = pool.run([(0, "7", {"reference": "7"}), (1, "7", {})], limit_s=5.0)
     assert out == [("ok", True), ("ok", {"digit": 1.0, "short": True})]
+
+
+def test_a_stuck_or_dying_call_inside_a_chunk_does_not_lose_the_others(rewards_file):
+    fns = [
+        (f"{rewards_file}:exact", {}),
+        (f"{rewards_file}:hangs", {}),
+        (f"{rewards_file}:exits", {}),
+    ]
+    calls = [(0, str(i), {"reference": "3"}) for i in range(12)]
+    calls[4], calls[7] = (1, "x", {}), (2, "x", {})
+    with RewardPool(fns, workers=1) as pool:  # one worker: every call goes through one chunk queue
+        out = pool.run(calls, limit_s=0.3)
+        assert pool.killed == 2
+    expected = [("ok", i == 3) for i in range(12)]
+    expected[4], expected[7] = ("timeout", None), ("error", "worker exited with code 3")
+    assert out == expected
 
 
 def test_a_pool_whose_function_does_not_import_says_so(tmp_path):

@@ -25,6 +25,8 @@ from multiprocessing.connection import wait
 
 START_TIMEOUT_S = 120.0
 """A worker that is not ready after this long is a broken environment, not a slow reward."""
+MAX_CHUNK = 16
+"""Most calls sent to a worker in one message."""
 _PRELOAD = ["drgrpo.train.reward_pool", "drgrpo.tasks.graders", "math_verify"]
 
 
@@ -66,16 +68,18 @@ def _worker_main(conn, fns: list[tuple[str, dict]], path: list[str], cwd: str) -
             return
         if message is None:
             return
-        job, index, completion, example = message
-        func, args = funcs[index]
-        try:
-            out = (job, "ok", func(completion, example, **args))
-        except BaseException as err:  # noqa: BLE001 - any reward bug is the parent's fault count
-            out = (job, "error", f"{type(err).__name__}: {err}")
-        try:
-            conn.send(out)
-        except Exception as err:  # an unpicklable return value
-            conn.send((job, "error", f"could not send the value back: {type(err).__name__}: {err}"))
+        for job, index, completion, example in message:  # a chunk; one reply per call
+            func, args = funcs[index]
+            try:
+                out = (job, "ok", func(completion, example, **args))
+            except BaseException as err:  # noqa: BLE001 - any reward bug is a counted fault
+                out = (job, "error", f"{type(err).__name__}: {err}")
+            try:
+                conn.send(out)
+            except Exception as err:  # an unpicklable return value
+                conn.send(
+                    (job, "error", f"could not send the value back: {type(err).__name__}: {err}")
+                )
 
 
 class _Worker:
@@ -129,41 +133,57 @@ class RewardPool:
 
     def run(self, calls: list[tuple[int, str, dict]], limit_s: float) -> list[tuple[str, object]]:
         """Outcome per call (term index, completion, example), in order: ("ok", value),
-        ("error", "Type: message") or ("timeout", None)."""
+        ("error", "Type: message") or ("timeout", None).
+
+        Calls go out in chunks (fewer messages); each call's limit starts when the previous
+        reply of its chunk arrives, and a killed worker's unstarted calls are sent again."""
         results: list = [None] * len(calls)
         queue = deque(range(len(calls)))
-        busy: dict[_Worker, tuple[int, float]] = {}
+        busy: dict[_Worker, deque[int]] = {}  # worker -> its unanswered jobs, oldest first
+        deadline: dict[_Worker, float] = {}  # limit of the job at the front
         while queue or busy:
+            chunk = max(1, min(MAX_CHUNK, len(queue) // (2 * self.size)))
             for worker in self._workers:
                 if queue and worker.ready and worker not in busy:
-                    job = queue.popleft()
-                    worker.conn.send((job, *calls[job]))
-                    busy[worker] = (job, time.monotonic() + limit_s)
+                    jobs = [queue.popleft() for _ in range(min(chunk, len(queue)))]
+                    worker.conn.send([(job, *calls[job]) for job in jobs])
+                    busy[worker], deadline[worker] = deque(jobs), time.monotonic() + limit_s
             starting = [w for w in self._workers if not w.ready]
-            timeout = max(0.0, min(d for _, d in busy.values()) - time.monotonic()) if busy else 1.0
+            timeout = max(0.0, min(deadline.values()) - time.monotonic()) if busy else 1.0
             for conn in wait([w.conn for w in busy] + [w.conn for w in starting], timeout):
                 worker = next(w for w in self._workers if w.conn is conn)
                 if not worker.ready:
                     self._on_ready(worker)
                     continue
-                job, _ = busy.pop(worker)
+                jobs = busy[worker]
                 try:
                     _, kind, value = worker.conn.recv()
-                except (EOFError, OSError):  # the reward killed its own process
+                except (EOFError, OSError):  # the reward ended its own process
+                    worker.process.join(timeout=1.0)
                     kind, value = "error", f"worker exited with code {worker.process.exitcode}"
-                    self._replace(worker)
-                results[job] = (kind, value)
+                    results[jobs[0]] = (kind, value)
+                    self._drop(worker, busy, deadline, queue)
+                    continue
+                results[jobs.popleft()] = (kind, value)
+                if jobs:
+                    deadline[worker] = time.monotonic() + limit_s
+                else:
+                    del busy[worker], deadline[worker]
             now = time.monotonic()
-            for worker, (job, deadline) in list(busy.items()):
-                if now >= deadline:
-                    del busy[worker]
-                    results[job] = ("timeout", None)
-                    self._replace(worker)
-            if not queue and not busy:
-                break
+            for worker in [w for w in busy if now >= deadline[w]]:
+                results[busy[worker][0]] = ("timeout", None)
+                self._drop(worker, busy, deadline, queue)
             if starting and time.monotonic() - min(w.started for w in starting) > START_TIMEOUT_S:
                 raise RewardPoolError(f"a replacement reward worker hung for {START_TIMEOUT_S:g} s")
         return results
+
+    def _drop(self, worker: _Worker, busy: dict, deadline: dict, queue: deque) -> None:
+        """Kill `worker`, whose front job is settled; its other jobs go back to the queue."""
+        jobs = busy.pop(worker)
+        del deadline[worker]
+        jobs.popleft()
+        queue.extendleft(reversed(jobs))
+        self._replace(worker)
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()
