@@ -89,7 +89,7 @@ FAULTS = {
     "as_inf": ("bad_values", "returned non-finite inf"),
     "too_big": ("bad_values", "returned 7.0, outside its declared range [0, 1]"),
     "as_list": ("bad_values", "returned list [1.0]"),
-    "raises": ("errors", "raised KeyError: 'boom'"),
+    "raises": ("errors", "KeyError: 'boom'"),
     "hangs": ("timeouts", "timed out after 0.3 s"),
     "swallows": ("timeouts", "timed out after 0.3 s"),
     "c_call": ("timeouts", "timed out after 0.3 s"),

@@ -260,7 +260,7 @@ class RewardScorer:
             )
             return 0.0
         if kind == "error":
-            faults._add("errors", term, f"raised {value}", None, completion, example)
+            faults._add("errors", term, str(value), None, completion, example)
             return 0.0
         checked, fault = check_value(value, term)
         if fault:
