@@ -291,3 +291,24 @@ def test_a_stuck_or_dying_call_inside_a_chunk_does_not_lose_the_others(rewards_f
 def test_a_pool_whose_function_does_not_import_says_so(tmp_path):
     with pytest.raises(RewardPoolError, match="failed to start: ValueError: reward"):
         RewardPool([(f"{tmp_path}/missing.py:f", {})], workers=1)
+
+
+def test_a_task_with_a_user_reward_spec_end_to_end(rewards_file, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        '{"problem": "p1", "answer": "#### 5", "topic": "algebra"}\n'
+        '{"problem": "p2", "answer": "#### 6", "topic": "geometry"}\n'
+    )
+    rewards = [{"fn": "math_verify", "correct": True},
+               {"fn": f"{rewards_file}:topic", "optional": True, "weight": 0.5}]  # fmt: skip
+    task = MathTask(path=str(data), answer_format="gsm8k", heldout_fraction=0.0, rewards=rewards)
+    hash(task)  # the list-valued knobs stay out of the hash: tasks can still key caches
+    examples = sorted((task.train_example(i) for i in range(2)), key=lambda ex: ex.reference)
+    scorer = RewardScorer.for_task(task, timeout_s=2.0, workers=1)
+    try:
+        graded = scorer.grade(["\\boxed{5} algebra", "\\boxed{5} geometry"], examples)
+    finally:
+        scorer.close()
+    # row 1: correct (1) + 0.5 * topic 1 ; row 2 (geometry, reference 6): wrong, topic n/a
+    assert graded.rewards == [1.5, 0.0] and graded.correct == [True, False]
+    assert graded.components["topic"] == [1.0, None]
