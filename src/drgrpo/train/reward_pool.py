@@ -2,8 +2,9 @@
 
 Why processes: a signal cannot interrupt a long C call (`9**9**9`, a backtracking regex) and a
 function that catches BaseException in a loop swallows every SIGALRM; only killing the process
-stops them. Each call gets `limit_s` from the moment it reaches an idle worker; past it the
-worker is SIGKILLed, the call is reported as "timeout" and a fresh worker takes its place.
+stops them. Each call gets `limit_s` from the moment its worker starts it; KILL_GRACE_S past
+that the worker is SIGKILLed, the call is reported as "timeout" and a fresh worker takes its
+place.
 
 Start cost is paid once, in the constructor: the workers are forked from a forkserver (a clean
 interpreter, never the trainer with its CUDA context and threads) that has preloaded the
@@ -25,6 +26,9 @@ from multiprocessing.connection import wait
 
 START_TIMEOUT_S = 120.0
 """A worker that is not ready after this long is a broken environment, not a slow reward."""
+KILL_GRACE_S = 0.1
+"""A call is killed this long after its limit: a grader whose own deadline equals the limit
+(math-verify's SIGALRM) then gives up cleanly first, and only what no signal stops is killed."""
 MAX_CHUNK = 16
 """Most calls sent to a worker in one message."""
 _PRELOAD = ["drgrpo.train.reward_pool", "drgrpo.tasks.graders", "math_verify"]
@@ -147,7 +151,10 @@ class RewardPool:
                 if queue and worker.ready and worker not in busy:
                     jobs = [queue.popleft() for _ in range(min(chunk, len(queue)))]
                     worker.conn.send([(job, *calls[job]) for job in jobs])
-                    busy[worker], deadline[worker] = deque(jobs), time.monotonic() + limit_s
+                    busy[worker], deadline[worker] = (
+                        deque(jobs),
+                        time.monotonic() + limit_s + KILL_GRACE_S,
+                    )
             starting = [w for w in self._workers if not w.ready]
             timeout = max(0.0, min(deadline.values()) - time.monotonic()) if busy else 1.0
             for conn in wait([w.conn for w in busy] + [w.conn for w in starting], timeout):
@@ -166,7 +173,7 @@ class RewardPool:
                     continue
                 results[jobs.popleft()] = (kind, value)
                 if jobs:
-                    deadline[worker] = time.monotonic() + limit_s
+                    deadline[worker] = time.monotonic() + limit_s + KILL_GRACE_S
                 else:
                     del busy[worker], deadline[worker]
             now = time.monotonic()
