@@ -34,6 +34,13 @@ MAX_CHUNK = 16
 _PRELOAD = ["drgrpo.train.reward_pool", "drgrpo.tasks.graders", "math_verify"]
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (a container's or taskset's limit, not the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 class RewardPoolError(RuntimeError):
     """The pool cannot run: a worker failed to start or to import a reward function."""
 
@@ -109,7 +116,7 @@ class RewardPool:
 
     def __init__(self, fns: list[tuple[str, dict]], workers: int | None = None) -> None:
         self.fns = [(fn, dict(args)) for fn, args in fns]
-        self.size = workers or os.cpu_count() or 1
+        self.size = workers or _usable_cores()
         self.killed = 0
         """Workers killed so far (timeouts and crashes)."""
         self._ctx = _context()
