@@ -94,6 +94,7 @@ GRADER_CASES = [
     ("\\boxed{5 \\text{ cm}}", "5", 1.0, 1.0, 0.0),  # units are dropped
     ("\\boxed{x = 3}", "3", 1.0, 1.0, 0.0),
     ("\\fbox{3}", "3", 0.0, 1.0, 0.0),
+    ("\\boxed{3.}", "3", 0.0, 1.0, 0.0),  # the MATH normalization drops a trailing period
     ("\\boxed{4}", "5", 0.0, 0.0, 0.0),
     ("", "5", 0.0, 0.0, 0.0),
 ]

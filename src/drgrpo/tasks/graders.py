@@ -17,12 +17,12 @@ Where the paper's graders differ from `math_verify` (all deliberate, to match it
   the literal "</think> <answer>" and a "</answer>"; the answer is the text after the last
   "<answer>" with "</answer>" removed, and a \\boxed{} inside it is unwrapped. A right answer
   in the wrong format scores 0, where math_verify would give 1.
-- A \\boxed{} in the reference is unwrapped (MATH solutions can serve as references).
 - Equivalence: first a MATH-style normalized string match (units, \\left/\\right, dfrac,
-  spaces, a trailing period, `x=` in front), then math-verify. The paper's "fast" mode uses
-  the PRM800K sympy grader instead of math-verify, which is not ported: it refuses unreduced
-  fractions (2/4 vs 1/2) and non-integers against integer references, which math-verify
-  accepts, so a few answers score 1 here and 0 there.
+  spaces, a trailing period, `x=` in front), then math-verify. math-verify alone already
+  accepts most of these; the string match adds a few (`\\boxed{3.}` for 3). The paper's
+  "fast" mode uses the PRM800K sympy grader instead of math-verify, which is not ported: it
+  refuses unreduced fractions (2/4 vs 1/2) and non-integers against integer references,
+  which math-verify accepts, so a few answers score 1 here and 0 there.
 - No format reward: a well-formed wrong answer scores 0 ("to avoid hacking", the paper's code).
 Timeouts: the paper runs its graders in a multiprocessing.Pool with a 1 s get() timeout that
 never kills a stuck worker; here the reward pool kills and replaces it.
