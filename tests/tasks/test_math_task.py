@@ -210,9 +210,9 @@ def test_worker_thread_falls_back_to_no_signal_mode(task, completion, reference,
     ("kwargs", "message"),
     [
         ({"path": "/nonexistent/rows.jsonl"}, "data file /nonexistent/rows.jsonl does not exist"),
-        ({"path": str(SAMPLE.with_suffix(".csv"))}, "must end in .jsonl, .json or .parquet"),
-        ({"question_field": "question"}, "has no field 'question'; its fields are"),
-        ({"solution_field": "steps"}, "has no field 'steps'"),
+        ({"path": str(SAMPLE.with_suffix(".txt"))}, "data file .* does not exist"),
+        ({"question_field": "question"}, "no column 'question'; its columns are"),
+        ({"solution_field": "steps"}, "no column 'steps'"),
         ({"prompt_template": "no placeholder"}, "prompt_template must contain '\\{question\\}'"),
         ({"heldout_size": 10}, "leaving none to train on; lower heldout_size"),
         ({"heldout_fraction": 1.0}, "heldout_fraction must be a number in \\[0.0, 1.0\\)"),
@@ -231,10 +231,13 @@ def test_invalid_configuration_raises_value_error_with_the_fix(kwargs, message):
     ("lines", "message"),
     [
         (['{"problem": "a", "answer": "1"}', '{"problem": oops'], "line 2 is not a JSON object"),
-        (['{"problem": "a", "answer": "1"}', '{"problem": "", "answer": "2"}'], "row 2: 'problem'"),
+        (
+            ['{"problem": "a", "answer": "1"}', '{"problem": "", "answer": "2"}'],
+            "row 2, field 'problem'",
+        ),
         (
             ['{"problem": "a", "answer": "1"}', '{"problem": "b", "answer": null}'],
-            "row 2: 'answer'",
+            "row 2, field 'answer'",
         ),
     ],
 )
@@ -250,7 +253,7 @@ def test_missing_extras_name_the_install_command(monkeypatch):
     from drgrpo.tasks.math_grading import load_math_verify
 
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
-    with pytest.raises(ImportError, match=r"pip install 'drgrpo\[math\]'"):
+    with pytest.raises(ImportError, match=r"needs datasets: pip install 'drgrpo\[math\]'"):
         MathTask(path=str(SAMPLE))
     monkeypatch.setitem(sys.modules, "math_verify", None)
     with pytest.raises(ImportError, match=r"needs math-verify: pip install 'drgrpo\[math\]'"):

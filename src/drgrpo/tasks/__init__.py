@@ -2,7 +2,12 @@
 
 task = make_task("arithmetic", k_max=4)
 example = task.train_example(0)     # Example(prompt="12+34+5=", reference="51", ...)
-task.verify(completion, example.reference)  # float in [0, 1]
+task.verify(completion, example.reference)  # float in [0, 1], 1.0 iff correct
+task.reward_spec()                  # the reward terms (tasks.reward_spec), JSON-able
+
+User data and rewards: `make_task("math", path=..., answer_format="gsm8k", rewards=[...])`,
+see tasks.data (sources, column mapping), tasks.answers (presets), tasks.reward_spec (terms),
+tasks.graders (built-in reward functions).
 """
 
 from __future__ import annotations
@@ -13,6 +18,12 @@ from drgrpo.tasks.arithmetic import ArithmeticTask
 from drgrpo.tasks.base import Example, Task
 from drgrpo.tasks.countdown import CountdownTask
 from drgrpo.tasks.math_task import MathTask
+from drgrpo.tasks.reward_spec import (
+    BUILTIN_REWARDS,
+    RewardTerm,
+    load_reward_function,
+    parse_rewards,
+)
 
 TASKS: dict[str, type[Task]] = {
     ArithmeticTask.name: ArithmeticTask,
@@ -44,4 +55,16 @@ def make_task(name: str, **kwargs: object) -> Task:
     return TASKS[name](**kwargs)
 
 
-__all__ = ["TASKS", "ArithmeticTask", "CountdownTask", "Example", "MathTask", "Task", "make_task"]
+__all__ = [
+    "BUILTIN_REWARDS",
+    "TASKS",
+    "ArithmeticTask",
+    "CountdownTask",
+    "Example",
+    "MathTask",
+    "RewardTerm",
+    "Task",
+    "load_reward_function",
+    "make_task",
+    "parse_rewards",
+]

@@ -12,7 +12,7 @@ import hashlib
 import math
 import operator
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 ANSWER_PREFIX = "answer:"
@@ -33,7 +33,22 @@ class Example:
     solution: str | None
     """The SFT target response (the caller appends EOS); None if the task has none."""
     meta: dict
-    """Small JSON-able info, e.g. {"k": 3} for difficulty."""
+    """Small JSON-able info, e.g. {"k": 3} for difficulty; {"index", "id", "source"} for data."""
+    messages: tuple[dict, ...] | None = None
+    """Chat messages ({role, content}) when the dataset's prompt is a conversation: render them
+    with the tokenizer's chat template (add_generation_prompt=True); `prompt` is then a plain
+    "role: content" rendering, for logs and for tokenizers without a template."""
+    row: dict = field(default_factory=dict, compare=False, repr=False)
+    """Every column of the dataset row (empty for generated tasks), for reward functions."""
+
+    def reward_input(self) -> dict:
+        """What a reward function sees: every dataset column, then the keys "prompt",
+        "messages", "reference" (and meta's "id" / "source" when set), which take precedence
+        over columns of the same name."""
+        out = dict(self.row)
+        out.update(prompt=self.prompt, messages=self.messages, reference=self.reference)
+        out.update({k: self.meta[k] for k in ("id", "source") if self.meta.get(k) is not None})
+        return out
 
 
 class Task(ABC):
@@ -56,7 +71,13 @@ class Task(ABC):
 
     @abstractmethod
     def verify(self, completion: str, reference: str) -> float:
-        """Reward in [0, 1] for `completion`; never raises, fast on adversarial input."""
+        """Reward in [0, 1] for `completion`, 1.0 iff correct; never raises, fast on
+        adversarial input."""
+
+    def reward_spec(self) -> list[dict]:
+        """The task's reward terms (`drgrpo.tasks.reward_spec`): by default its own verifier,
+        which is also the correctness check (a completion is correct iff it scores 1.0)."""
+        return [{"fn": "task", "name": "verifier", "correct": True}]
 
 
 def stable_unit(text: str) -> float:

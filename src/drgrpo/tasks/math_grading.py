@@ -6,6 +6,11 @@ lands inside a garbage-collector callback and is dropped there fires again). Onl
 thread may set it; in any other thread the comparison runs without it, and answers that look
 expensive are instead compared as plain strings (a conservative fallback: it may miss an
 equivalent exotic answer, but it cannot hang).
+
+What no signal stops (a long C call such as a huge integer power, a caller that swallows
+BaseException) is stopped by the reward pool (drgrpo.tasks.reward_pool), which runs these
+graders in worker processes and kills a call past its hard limit. The in-process deadline here
+remains for callers that cannot start processes, and as the graders' own, gentler limit.
 """
 
 from __future__ import annotations

@@ -1,13 +1,17 @@
-"""Math word problems from a local JSONL or Parquet file, scored with math_verify.
+"""Problems from the user's data (`drgrpo.tasks.data`), scored by a grader or a reward spec.
 
-    prompt     prompt_template with {question} replaced by the row's question
-    reference  the row's answer, e.g. "\\frac{1}{2}"
+    prompt     prompt_template with {question} replaced by the row's question (text rows), or
+               the row's chat messages (`Example.messages`, rendered by the caller's template)
+    reference  the row's answer, cut out by answer_format (e.g. GSM8K's "#### 42" -> "42")
     solution   the row's solution_field text, or None
 
-A completion scores 1.0 iff the content of its last `\\boxed{...}` or `<answer>...</answer>`
-is mathematically equal to the reference (see math_grading). The held-out rows are those whose
-question hashes lowest, so the split survives reordering the file and does not depend on the
-seed; the seed only orders the training rows, reshuffled each epoch.
+Evaluation: the rows of `eval_path` (all, or the first `eval_limit`) when it is set; otherwise
+the rows whose question hashes lowest, so the split survives reordering the file and does not
+depend on the seed. The seed only orders the training rows, reshuffled each epoch.
+
+Rewards: `rewards` (a spec, `drgrpo.tasks.reward_spec`) when set; otherwise the `grader` alone,
+which is also the correctness check. A completion is correct iff the check scores 1.0, never
+by a threshold: with format_reward=0.5 a well-formed wrong answer scores 0.5 and is not correct.
 """
 
 from __future__ import annotations
@@ -16,77 +20,124 @@ import functools
 import json
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 from drgrpo.tasks.base import Example, Task, check_common, check_float, check_int, stable_unit
-from drgrpo.tasks.math_grading import (
-    MAX_MATH_CHARS,
-    answers_match,
-    extract_answer,
-    load_math_verify,
-)
+from drgrpo.tasks.data import Columns, Row, read_rows
+from drgrpo.tasks.graders import answer_tag_reward, boxed_reward, math_verify_reward
+from drgrpo.tasks.math_grading import load_math_verify
+from drgrpo.tasks.reward_spec import TASK_VERIFIER, load_reward_function, parse_rewards
 
-_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-
-
-@dataclass(frozen=True)
-class _Row:
-    index: int
-    question: str
-    answer: str
-    solution: str | None
+GRADERS = ("math_verify", "boxed", "answer_tag")
+_COLUMN_KNOBS = {"question_field": "question", "answer_field": "answer",
+                 "solution_field": "solution", "id_field": "id", "source_field": "source",
+                 "answer_format": "answer_format", "answer_regex": "answer_regex"}  # fmt: skip
+"""Task knob -> `Columns` field; also the keys eval_fields may override."""
 
 
 @dataclass(frozen=True)
 class MathTask(Task):
-    """Question/answer rows from a file; reward by math_verify equivalence of the last answer."""
+    """Question/answer rows from the user's data; reward by a grader or a reward spec."""
 
     name: ClassVar[str] = "math"
 
     path: str
-    """Local .jsonl, .json or .parquet file with one problem per row."""
+    """Training data: a .jsonl/.json/.parquet/.csv file, a save_to_disk folder, a folder of data
+    files, or the name of a dataset in the local Hugging Face cache (read offline)."""
+    split: str = "train"
+    """Split to read when `path` holds several (a DatasetDict folder, a cached dataset)."""
+    subset: str | None = None
+    """Configuration of a cached or folder dataset with several (e.g. GSM8K's "main")."""
     question_field: str = "problem"
-    """Column holding the question text."""
+    """Column holding the question: text, or chat messages (a list of {role, content})."""
     answer_field: str = "answer"
-    """Column holding the reference answer (a string or a number)."""
+    """Column holding the reference answer (text or a number), see answer_format."""
+    answer_format: str = "none"
+    """How the reference is cut out of answer_field: none | gsm8k | boxed | answer_tag | regex."""
+    answer_regex: str | None = None
+    """With answer_format=regex: a regex with one group around the answer (last match wins)."""
     solution_field: str | None = None
     """Column holding a worked solution used as the SFT target; None if there is none."""
+    id_field: str | None = None
+    """Column holding a row id (kept in meta["id"] and in logs); None to use the row number."""
+    source_field: str | None = None
+    """Column naming the row's source (e.g. the benchmark), for per-source evaluation."""
+    eval_path: str | None = None
+    """Separate evaluation data (same forms as path); None to hold out part of `path`."""
+    eval_split: str = "train"
+    """Split of eval_path to read when it holds several (e.g. "test")."""
+    eval_limit: int | None = None
+    """Evaluate only the first eval_limit rows of eval_path; None for all of them."""
+    eval_fields: dict | None = field(default=None, hash=False)
+    """Column mapping of eval_path where it differs from the training data's, e.g.
+    {question_field: question, answer_format: gsm8k}; None to use the same mapping."""
+    cache_dir: str | None = None
+    """Hugging Face hub cache to read dataset names from; None for the default (~/.cache)."""
     prompt_template: str = "{question}"
-    """Prompt text; `{question}` is replaced literally, other braces (e.g. \\boxed{}) are kept."""
+    """Prompt text; `{question}` is replaced literally, other braces (e.g. \\boxed{}) are kept.
+    Chat-message questions take no template (put instructions in a system message)."""
     heldout_fraction: float = 0.1
-    """Share of distinct questions held out for evaluation (ignored if heldout_size is set)."""
+    """Share of distinct questions held out for evaluation (ignored if heldout_size or
+    eval_path is set)."""
     heldout_size: int | None = None
     """Exact number of distinct questions held out; None to use heldout_fraction."""
     seed: int = 0
     """Seed of the per-epoch shuffle of the training rows."""
-    timeout_s: float = 2.0
-    """Time limit for judging one completion (enforced in the main thread only)."""
+    timeout_s: float = 1.0
+    """Time limit of math-verify for one answer (main thread: SIGALRM; the reward pool adds a
+    hard limit that kills a stuck worker)."""
+    grader: str = "math_verify"
+    """Built-in grader when `rewards` is not set: math_verify | boxed | answer_tag (the paper's)."""
     format_reward: float = 0.0
-    """Reward for a completion with a non-empty final answer that is wrong (the paper uses 0)."""
+    """math_verify grader only: reward for a non-empty final answer that is wrong (paper: 0)."""
+    rewards: list | None = field(default=None, hash=False)
+    """Reward spec (drgrpo.tasks.reward_spec): a list of {fn, weight, name, correct, ...};
+    None for the grader alone."""
 
-    _train: tuple[_Row, ...] = field(init=False, repr=False, compare=False)
-    _heldout: tuple[_Row, ...] = field(init=False, repr=False, compare=False)
+    _train: tuple[Row, ...] = field(init=False, repr=False, compare=False)
+    _heldout: tuple[Row, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._check_knobs()
         check_common(self)
-        load_math_verify()  # fail at construction, not at the first reward, if the extra is missing
-        rows = _load_rows(self.path, self.question_field, self.answer_field, self.solution_field)
-        train, heldout = self._split(rows)
+        # Fail at construction, before any model is loaded: a bad spec, a reward function that
+        # does not import, a missing extra.
+        for term in parse_rewards(self.reward_spec()):
+            if term.fn != TASK_VERIFIER:
+                load_reward_function(term.fn)
+        load_math_verify()
+        columns = self._columns()
+        rows = read_rows(
+            self.path, columns, split=self.split, subset=self.subset, cache_dir=self.cache_dir
+        )
+        if self.eval_path is None:
+            train, heldout = self._split(rows)
+        else:
+            eval_columns = self._columns(self.eval_fields)
+            heldout = tuple(read_rows(
+                self.eval_path, eval_columns, split=self.eval_split, subset=self.subset,
+                limit=self.eval_limit, cache_dir=self.cache_dir,
+            ))  # fmt: skip
+            train = tuple(rows)
+        if self.prompt_template != "{question}":
+            chat = next((r for r in (*train, *heldout) if not isinstance(r.question, str)), None)
+            if chat is not None:
+                raise ValueError(
+                    f"math task: row {chat.index + 1} has chat messages, which take no "
+                    "prompt_template; drop prompt_template or put it in a system message"
+                )
         object.__setattr__(self, "_train", train)
         object.__setattr__(self, "_heldout", heldout)
 
+    def _columns(self, overrides: dict | None = None) -> Columns:
+        kwargs = {role: getattr(self, knob) for knob, role in _COLUMN_KNOBS.items()}
+        kwargs.update({_COLUMN_KNOBS[knob]: value for knob, value in (overrides or {}).items()})
+        return Columns(**kwargs)
+
     def _check_knobs(self) -> None:
-        for knob in ("path", "question_field", "answer_field"):
+        for knob in ("path", "split", "eval_split"):
             if not isinstance(getattr(self, knob), str) or not getattr(self, knob):
                 raise ValueError(f"{knob} must be a non-empty string, got {getattr(self, knob)!r}")
-        if self.solution_field is not None and (
-            not isinstance(self.solution_field, str) or not self.solution_field
-        ):
-            raise ValueError(
-                f"solution_field must be a column name or None, got {self.solution_field!r}"
-            )
         if not isinstance(self.prompt_template, str) or "{question}" not in self.prompt_template:
             raise ValueError(
                 f"prompt_template must contain '{{question}}', got {self.prompt_template!r}"
@@ -94,10 +145,39 @@ class MathTask(Task):
         check_float("heldout_fraction", self.heldout_fraction, 0.0, 1.0, hi_open=True)
         if self.heldout_size is not None:
             check_int("heldout_size", self.heldout_size, 0)
+        if self.eval_limit is not None:
+            check_int("eval_limit", self.eval_limit, 1)
+        if self.eval_path is None and (self.eval_limit is not None or self.eval_fields):
+            raise ValueError("eval_limit and eval_fields apply to eval_path; set eval_path too")
+        if self.eval_fields is not None:
+            if not isinstance(self.eval_fields, dict):
+                raise ValueError(f"eval_fields must be a dict, got {self.eval_fields!r}")
+            unknown = sorted(set(self.eval_fields) - set(_COLUMN_KNOBS))
+            if unknown:
+                raise ValueError(
+                    f"eval_fields: unknown key {unknown[0]!r}; valid: {', '.join(_COLUMN_KNOBS)}"
+                )
         check_float("timeout_s", self.timeout_s, 0.01, 600.0)
+        if self.grader not in GRADERS:
+            raise ValueError(f"grader must be one of {', '.join(GRADERS)}, got {self.grader!r}")
+        if self.format_reward and (self.rewards is not None or self.grader != "math_verify"):
+            raise ValueError(
+                "format_reward belongs to the math_verify grader alone; with rewards=[...] or "
+                "another grader add a term instead: {fn: format, weight: 0.1}"
+            )
 
-    def _split(self, rows: list[_Row]) -> tuple[tuple[_Row, ...], tuple[_Row, ...]]:
-        distinct = len({row.question for row in rows})
+    def reward_spec(self) -> list[dict]:
+        if self.rewards is not None:
+            return list(self.rewards)
+        args = {"timeout_s": self.timeout_s}
+        if self.grader == "math_verify":
+            args["format_reward"] = self.format_reward
+        return [{"fn": self.grader, "name": "correct_" + self.grader, "correct": True,
+                 "args": args}]  # fmt: skip
+
+    def _split(self, rows: list[Row]) -> tuple[tuple[Row, ...], tuple[Row, ...]]:
+        keys = [_question_key(row) for row in rows]
+        distinct = len(set(keys))
         count = self.heldout_size
         if count is None:
             count = round(self.heldout_fraction * distinct)
@@ -106,26 +186,30 @@ class MathTask(Task):
                 f"math task: {self.path} has {distinct} distinct questions and {count} would be "
                 "held out, leaving none to train on; lower heldout_size or heldout_fraction"
             )
-        held: dict[str, _Row] = {}
-        for row in sorted(rows, key=lambda row: (stable_unit(row.question), row.index)):
+        held: dict[str, Row] = {}
+        ranked = sorted(zip(keys, rows, strict=True), key=lambda p: (stable_unit(p[0]), p[1].index))
+        for key, row in ranked:
             if len(held) == count:
                 break
-            held.setdefault(row.question, row)
+            held.setdefault(key, row)
         # A question repeated in the file stays on one side of the split.
-        train = tuple(row for row in rows if row.question not in held)
+        train = tuple(row for key, row in zip(keys, rows, strict=True) if key not in held)
         return train, tuple(held.values())
 
     @property
     def num_train(self) -> int:
         return len(self._train)
 
-    def _example(self, row: _Row) -> Example:
-        return Example(
-            prompt=self.prompt_template.replace("{question}", row.question),
-            reference=row.answer,
-            solution=row.solution,
-            meta={"index": row.index},
-        )
+    def _example(self, row: Row) -> Example:
+        meta = {"index": row.index}
+        meta.update({k: v for k, v in (("id", row.id), ("source", row.source)) if v is not None})
+        if isinstance(row.question, str):
+            prompt, messages = self.prompt_template.replace("{question}", row.question), None
+        else:
+            messages = row.question
+            prompt = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+        return Example(prompt=prompt, reference=row.answer, solution=row.solution, meta=meta,
+                       messages=messages, row=row.columns)  # fmt: skip
 
     def train_example(self, i: int) -> Example:
         i = check_int("i", i, 0)
@@ -135,24 +219,24 @@ class MathTask(Task):
         )
 
     def heldout(self, n: int | None = None) -> list[Example]:
-        """The first n held-out rows (all of them when n is None), in a fixed order."""
+        """The first n evaluation rows (all of them when n is None), in a fixed order."""
         rows = self._heldout if n is None else self._heldout[: check_int("n", n, 0)]
         return [self._example(row) for row in rows]
 
     def verify(self, completion: str, reference: str) -> float:
-        """1.0 iff the last boxed / <answer> content equals `reference` per math_verify."""
-        if not isinstance(completion, str) or not isinstance(reference, str):
+        """The grader's reward for `completion` against `reference` (1.0 iff correct)."""
+        if not isinstance(reference, str):
             return 0.0
-        if len(completion) > MAX_MATH_CHARS:
-            return 0.0
-        answer = extract_answer(completion)
-        if answer is None:
-            return 0.0
-        try:
-            correct = answers_match(answer, reference, self.timeout_s)
-        except Exception:  # sympy raises a zoo of types on odd input; a reward must not
-            correct = False
-        return 1.0 if correct else self.format_reward
+        example = {"reference": reference}
+        if self.grader == "boxed":
+            return boxed_reward(completion, example, self.timeout_s)
+        if self.grader == "answer_tag":
+            return answer_tag_reward(completion, example, self.timeout_s)
+        return math_verify_reward(completion, example, self.format_reward, self.timeout_s)
+
+
+def _question_key(row: Row) -> str:
+    return row.question if isinstance(row.question, str) else json.dumps(row.question)
 
 
 @functools.lru_cache(maxsize=4)
@@ -160,72 +244,3 @@ def _epoch_order(seed: int, epoch: int, n: int) -> tuple[int, ...]:
     order = list(range(n))
     random.Random(f"math/{seed}/{epoch}").shuffle(order)
     return tuple(order)
-
-
-def _load_rows(
-    path: str, question_field: str, answer_field: str, solution_field: str | None
-) -> list[_Row]:
-    file = Path(path)
-    builder = _BUILDERS.get(file.suffix.lower())
-    if builder is None:
-        raise ValueError(
-            f"math task: {path} must end in .jsonl, .json or .parquet (got {file.suffix!r})"
-        )
-    if not file.is_file():
-        raise ValueError(f"math task: data file {path} does not exist; check path=")
-    datasets = _datasets()
-    try:
-        table = datasets.load_dataset(builder, data_files=str(file), split="train")
-    except Exception as err:
-        bad = _first_bad_json_line(file) if file.suffix.lower() == ".jsonl" else None
-        where = f" line {bad} is not a JSON object;" if bad else ""
-        raise ValueError(
-            f"math task: could not read {path}:{where} fix the file ({type(err).__name__}: {err})"
-        ) from err
-    fields = [question_field, answer_field] + ([solution_field] if solution_field else [])
-    missing = [name for name in fields if name not in table.column_names]
-    if missing:
-        raise ValueError(
-            f"math task: {path} has no field {missing[0]!r}; its fields are "
-            f"{table.column_names}: set question_field/answer_field/solution_field to match"
-        )
-    questions, answers = table[question_field], table[answer_field]
-    solutions = table[solution_field] if solution_field else [None] * len(questions)
-    if not questions:
-        raise ValueError(f"math task: {path} has no rows")
-    rows = []
-    for i, (question, answer, solution) in enumerate(
-        zip(questions, answers, solutions, strict=True)
-    ):
-        where = f"math task: {path} row {i + 1}"
-        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
-            answer = str(answer)
-        for name, value in ((question_field, question), (answer_field, answer)):
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{where}: {name!r} is {value!r}; fix the row or drop it")
-        if solution is not None and not isinstance(solution, str):
-            raise ValueError(f"{where}: {solution_field!r} is {solution!r}; it must be text")
-        rows.append(_Row(i, question, answer.strip(), solution or None))
-    return rows
-
-
-def _first_bad_json_line(file: Path) -> int | None:
-    """1-based number of the first non-blank line that is not a JSON object (JSONL only)."""
-    with file.open(encoding="utf-8", errors="replace") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                if not isinstance(json.loads(line), dict):
-                    return number
-            except ValueError:
-                return number
-    return None
-
-
-def _datasets():
-    try:
-        import datasets
-    except ImportError as err:
-        raise ImportError("the math task needs datasets: pip install 'drgrpo[math]'") from err
-    return datasets
