@@ -1,6 +1,7 @@
 """The shape of the house: imports point one way, files and functions stay readable.
 
     app -> train -> sft -> eval -> config -> {rollout -> models, tasks, objective} -> util
+    (config validates prompt templates with rollout.templates)
 
 Every `import drgrpo.X` / `from drgrpo.X import` counts, lazy ones inside functions included.
 `train -> sft` is the one edge between front-end-level packages: the built-in base policy is a
@@ -22,7 +23,7 @@ ALLOWED = {
     "tasks": {"util"},
     "models": {"util"},
     "rollout": {"models", "util"},
-    "config": {"objective", "util"},
+    "config": {"objective", "rollout", "util"},
     "eval": {"rollout", "models", "tasks", "objective", "util"},
     "sft": {"eval", "config", "rollout", "models", "tasks", "objective", "util"},
     "train": {"sft", "eval", "config", "rollout", "models", "tasks", "objective", "util"},

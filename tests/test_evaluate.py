@@ -1,5 +1,4 @@
 import itertools
-from dataclasses import dataclass
 from math import comb
 
 import pytest
@@ -10,6 +9,7 @@ from drgrpo.app.tables import format_eval_table
 from drgrpo.eval.evaluate import evaluate, pass_at_k
 from drgrpo.models import build_model, build_tokenizer
 from drgrpo.rollout import HFRolloutEngine, TokenRule, pack_rollouts
+from drgrpo.tasks import Example as TaskExample
 from drgrpo.tasks.scoring import RewardScorer
 
 # As in tests/models/conftest.py: one intra-op thread is far faster on a shared 2-core machine.
@@ -21,13 +21,11 @@ RULE = TokenRule.from_tokenizer(TOK)
 
 def protected(verify, timeout_s: float = 5.0):
     """`verify` behind the scorer evaluation uses (faults score 0 and are counted)."""
-    return RewardScorer(verify, timeout_s).score
+    return RewardScorer(verify, timeout_s).grade
 
 
-@dataclass
-class Example:
-    prompt: str
-    reference: str
+def Example(prompt: str, reference: str) -> TaskExample:  # noqa: N802 - reads like the class
+    return TaskExample(prompt, reference, None, {})
 
 
 def exact(completion: str, reference: str) -> float:

@@ -178,15 +178,20 @@ def test_chat_prompt_ids_equal_apply_chat_template_ids():
     # own convention (a BOS for Llama 3, none for Qwen)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TokenRule.encode_prompt always encodes with add_special_tokens=True, so a chat "
-    "template that writes the BOS (Llama 3, Gemma, Mistral, Phi-3) gets it twice: "
-    "[bos, bos, ...]; encode chat text with PromptTemplate.encode_special_tokens (False)",
-)
 def test_token_rule_encodes_chat_prompts_like_apply_chat_template():
+    """A chat template that writes the BOS itself (Llama 3, Gemma, Mistral, Phi-3) gets exactly
+    one: chat-rendered text is encoded without the tokenizer's special tokens."""
+    from drgrpo.tasks import Example
+
     tok = build_llama3_tokenizer()
     messages = [{"role": "user", "content": "What is 2 + 2?"}]
     expected = tok.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
-    rule = TokenRule.from_tokenizer(tok)
-    assert rule.encode_prompt(tok, PromptTemplate.parse("chat").render(messages, tok)) == expected
+    rule = TokenRule.from_tokenizer(tok, template="chat")
+    question = Example("What is 2 + 2?", "4", None, {})
+    assert rule.encode_examples(tok, [question]) == [expected]
+    # Chat messages in the data go through the chat template whatever the run's template.
+    conversation = Example("user: What is 2 + 2?", "4", None, {}, messages=tuple(messages))
+    assert TokenRule.from_tokenizer(tok).encode_examples(tok, [conversation]) == [expected]
+    # The plain encoding would have doubled the BOS: the bug this guards against.
+    doubled = rule.encode_prompt(tok, PromptTemplate.parse("chat").render(messages, tok))
+    assert doubled[:2] == [tok.bos_token_id] * 2

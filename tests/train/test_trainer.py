@@ -114,8 +114,16 @@ def test_reward_function_that_raises_or_hangs_scores_zero(small_run, monkeypatch
         return task
 
     monkeypatch.setattr(setup, "make_task", faulty)
-    cfg = small_run("steps=1", "rollout.reward_timeout_s=0.05", "eval.num_prompts=1",
-                    "eval.num_samples=1", "eval.ks=[1]", "eval.greedy=false")  # fmt: skip
+    cfg = small_run(
+        "steps=1",
+        "rollout.reward_timeout_s=0.05",
+        "eval.num_prompts=1",
+        "eval.num_samples=1",
+        "eval.ks=[1]",
+        "eval.greedy=false",
+        "rollout.max_reward_fault_fraction=1.0",
+    )  # 4 of 6 faults: tolerated here
+    # fmt: skip
     train(cfg, **QUIET)
     rows = [r for r in read_metrics(cfg.output_dir) if "reward/errors" in r]
     assert rows[0]["reward/errors"] == 2 and rows[0]["reward/timeouts"] == 2
@@ -124,6 +132,26 @@ def test_reward_function_that_raises_or_hangs_scores_zero(small_run, monkeypatch
         json.loads(x) for x in Path(cfg.output_dir, "reward_faults.jsonl").read_text().splitlines()
     ]
     assert {f["fault"].split(":")[0] for f in faults} >= {"RuntimeError"}
+
+
+def test_a_run_whose_rewards_all_fault_stops_naming_the_reward(small_run, monkeypatch):
+    from drgrpo.train import run as setup
+
+    real_make = setup.make_task
+
+    def broken(name, **options):
+        task = real_make(name, **options)
+        object.__setattr__(task, "verify", lambda completion, reference: "1.0")  # a string
+        return task
+
+    monkeypatch.setattr(setup, "make_task", broken)
+    cfg = small_run("steps=2", "eval.num_prompts=1", "eval.num_samples=1", "eval.ks=[1]",
+                    "eval.greedy=false")  # fmt: skip
+    with pytest.raises(TrainingError, match=r"reward 'verifier' .*every call") as err:
+        train(cfg, **QUIET)
+    assert "learning rate" not in str(err.value) and "'1.0'" in str(err.value)
+    faults = Path(cfg.output_dir, "reward_faults.jsonl").read_text()
+    assert "'1.0'" in faults or '"1.0"' in faults  # logged with the offending value first
 
 
 def test_nan_loss_skips_steps_then_stops_with_last_checkpoint_intact(

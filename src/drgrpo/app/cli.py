@@ -7,6 +7,7 @@ import json
 import sys
 
 from drgrpo import __version__
+from drgrpo.app import eval_command
 from drgrpo.app.experiments import command as experiment_command
 
 
@@ -214,70 +215,6 @@ def _run_sft(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a local model folder on a task's held-out split")
-    p.add_argument("model_dir", help="local Hugging Face model folder (e.g. from drgrpo sft)")
-    p.add_argument("--task", default="arithmetic", help="arithmetic | countdown | math")
-    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="task knob, repeatable, e.g. --task-option k_max=4")  # fmt: skip
-    p.add_argument("--num-prompts", type=int, default=1024, help="held-out prompts")
-    p.add_argument("--num-samples", type=int, default=4, help="sampled completions per prompt")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="response cap")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    from drgrpo.config import EvalConfig, parse_assignment
-    from drgrpo.eval import evaluate_model
-    from drgrpo.tasks import make_task
-
-    options = dict(
-        parse_assignment(item, "--task-option", "key=value") for item in args.task_option
-    )
-    task = make_task(args.task, **options)
-    ks = tuple(sorted({1, 4, args.num_samples} & set(range(1, args.num_samples + 1))))
-    # EvalConfig validates the numbers (positive counts, each k within num_samples).
-    spec = EvalConfig(num_prompts=args.num_prompts, num_samples=args.num_samples, ks=ks,
-                      temperature=args.temperature)  # fmt: skip
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    model, tokenizer = _load_eval_policy(args.model_dir, args.device)
-    result = evaluate_model(
-        model, tokenizer, task.heldout(spec.num_prompts), task.verify, reward_timeout_s=5.0,
-        num_samples=spec.num_samples, ks=spec.ks, max_new_tokens=args.max_new_tokens,
-        temperature=spec.temperature, greedy=True, seed=args.seed,
-    )  # fmt: skip
-    if args.json:
-        header = {"model": args.model_dir, "task": args.task, "task_options": options,
-                  "max_new_tokens": args.max_new_tokens, "temperature": spec.temperature,
-                  "seed": args.seed}  # fmt: skip
-        print(json.dumps({**header, **result}))
-    else:
-        from rich.console import Console
-
-        from drgrpo.app.tables import format_eval_table
-
-        Console().print(format_eval_table(result))
-    return 0
-
-
-def _load_eval_policy(model_dir: str, device: str):
-    import torch
-
-    from drgrpo.models import load_policy
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
-    try:
-        model, tokenizer = load_policy(model_dir, device=device)
-    except FileNotFoundError as e:
-        raise ValueError(str(e)) from None
-    return model.eval(), tokenizer
-
-
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="a run's checkpoint as a standard Hugging Face folder")
     p.add_argument("checkpoint", help="checkpoints/step-NNNNNN, or a run folder (its newest)")
@@ -299,7 +236,7 @@ COMMANDS = {
     "train": (_add_train, _run_train),
     "plot": (_add_plot, _run_plot),
     "sft": (_add_sft, _run_sft),
-    "eval": (_add_eval, _run_eval),
+    "eval": (eval_command.add_parser, eval_command.run),
     "export": (_add_export, _run_export),
     "experiment": (experiment_command.add_parser, experiment_command.run),
 }

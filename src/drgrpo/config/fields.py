@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drgrpo.objective import ObjectiveSpec, resolve_objective
+from drgrpo.rollout.templates import PromptTemplate
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,17 @@ class RolloutConfig:
     chunk_rows: int = 0
     """Rows generated per engine call (whole groups: a multiple of group_size); the KV cache and
     the decode batch then scale with this, not with prompts x samples. 0 = all N rows at once."""
-    reward_timeout_s: float = 5.0
-    """A verifier call slower than this scores 0 and is counted in reward/timeouts."""
+    prompt_template: str = "none"
+    """How a question becomes the prompt: none (as the task gives it) | qwen_math | r1 (the
+    paper's, sail-sg/understand-r1-zero) | chat (the tokenizer's chat template) | a format
+    string with {question} (literal braces as {{ }}). Chat messages in the data always use the
+    chat template."""
+    reward_timeout_s: float = 1.0
+    """A reward call slower than this scores 0 and is counted in reward/timeouts (the math
+    grader runs in worker processes that are killed at the limit)."""
+    max_reward_fault_fraction: float = 0.5
+    """Stop the run when, in one step, more than this share of a reward function's calls fault
+    (raise, time out, or return a non-number / out-of-range value), or all of them do."""
 
     def __post_init__(self) -> None:
         _positive("rollout.prompts_per_step", self.prompts_per_step)
@@ -80,6 +90,9 @@ class RolloutConfig:
                 f"rollout.group_size={self.group_size} (chunks hold whole groups)"
             )
         _positive("rollout.reward_timeout_s", self.reward_timeout_s)
+        if not 0 < self.max_reward_fault_fraction <= 1:
+            raise ValueError("rollout.max_reward_fault_fraction must be in (0, 1]")
+        PromptTemplate.parse(self.prompt_template)  # raises naming the fix
 
     @property
     def num_sequences(self) -> int:
@@ -133,6 +146,9 @@ class EvalConfig:
     """Sampling temperature of the evaluation."""
     greedy: bool = True
     """Also measure greedy accuracy."""
+    bootstrap: int = 0
+    """Resamples of the percentile bootstrap for 95% intervals of accuracy and pass@k over
+    prompts (0 = none)."""
 
     def __post_init__(self) -> None:
         _positive("eval.num_prompts", self.num_prompts)

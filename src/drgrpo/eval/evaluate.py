@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from drgrpo.eval.stats import bootstrap_interval
 from drgrpo.rollout.engine import RolloutEngine, Rollouts
 from drgrpo.rollout.hf import HFRolloutEngine
 from drgrpo.rollout.prompts import TokenRule
-from drgrpo.tasks.scoring import RewardScorer, is_correct
+from drgrpo.tasks.scoring import RewardScorer
 
-Score = Callable[[list[str], list[str]], tuple[list[float], object]]
-"""`RewardScorer.score`: (completions, references) -> (rewards, faults with .errors/.timeouts)."""
+Grade = Callable[[list[str], list], object]
+"""`RewardScorer.grade`: (completions, examples) -> Graded (.rewards, .correct, .faults)."""
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -38,7 +39,7 @@ def evaluate(
     tokenizer,
     rule: TokenRule,
     examples: Sequence,
-    score: Score,
+    grade: Grade,
     *,
     num_samples: int = 4,
     ks: Sequence[int] = (1, 4),
@@ -48,19 +49,50 @@ def evaluate(
     greedy: bool = True,
     seed: int = 0,
     batch_size: int = 256,
+    bootstrap: int = 0,
 ) -> dict:
-    """Score `engine` on `examples` (objects with `.prompt` and `.reference`).
+    """Score `engine` on task `examples`.
 
     Prompts are encoded and responses decoded by `rule` (the one token rule of training), and
-    scored by `score` (the protected scorer: a verifier fault scores 0 and is counted in
-    reward_errors / reward_timeouts).
+    graded by `grade` (the protected scorer: a fault scores 0, is not correct, and is counted in
+    reward_errors / reward_timeouts). Correctness is the verifier's verdict, never a threshold.
 
     Each prompt gets `num_samples` sampled responses (plus one greedy response when `greedy`).
-    Keys: accuracy (mean reward of the samples), greedy_accuracy (None without greedy),
-    pass_at_k ({"k": value}), len_mean / len_correct / len_incorrect (mean response tokens,
-    EOS included; None when no sample is in the group), truncated_frac (share of samples that
-    hit max_new_tokens), num_prompts, num_samples.
+    Keys: accuracy (share of correct samples), reward_mean (mean total reward), greedy_accuracy
+    (None without greedy), pass_at_k ({"k": value}, unbiased), len_mean / len_correct /
+    len_incorrect (mean response tokens, stop token included; None when no sample is in the
+    group), truncated_frac, num_prompts, num_samples, per_source (the same accuracy and pass@k
+    per example source, when examples name one), and with `bootstrap` > 0 resamples:
+    ci95 ({"accuracy": [lo, hi], "pass@k": [lo, hi]}, a percentile bootstrap over prompts).
     """
+    _check_arguments(examples, num_samples, ks, batch_size)
+    prompts = rule.encode_examples(tokenizer, examples)
+    options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    # Samples of one prompt sit next to each other: row i belongs to prompt i // num_samples.
+    repeated = [p for p in prompts for _ in range(num_samples)]
+    sampled = _generate(engine, repeated, options, seed, batch_size)
+    texts = [rule.response_text(tokenizer, ids, finish == "stop") for ids, finish in sampled]
+    graded = grade(texts, [examples[row // num_samples] for row in range(len(texts))])
+    result = _sample_metrics(sampled, graded.rewards, graded.correct, num_samples, ks)
+    result["per_source"] = _per_source(examples, graded.correct, num_samples, ks)
+    if bootstrap:
+        result["ci95"] = _intervals(graded.correct, num_samples, ks, bootstrap, seed)
+    errors, timeouts = graded.faults.errors, graded.faults.timeouts
+
+    result["greedy_accuracy"] = None
+    if greedy:
+        greedy_options = dict(options, temperature=0.0, top_p=1.0)
+        decoded = _generate(engine, prompts, greedy_options, seed, batch_size)
+        texts = [rule.response_text(tokenizer, ids, finish == "stop") for ids, finish in decoded]
+        greedy_graded = grade(texts, list(examples))
+        result["greedy_accuracy"] = _mean(greedy_graded.correct)
+        errors += greedy_graded.faults.errors
+        timeouts += greedy_graded.faults.timeouts
+    return result | {"num_prompts": len(examples), "num_samples": num_samples,
+                     "reward_errors": errors, "reward_timeouts": timeouts}  # fmt: skip
+
+
+def _check_arguments(examples, num_samples: int, ks, batch_size: int) -> None:
     if not examples:
         raise ValueError("no examples to evaluate")
     if num_samples < 1 or batch_size < 1:
@@ -70,51 +102,28 @@ def evaluate(
     if any(not 1 <= k <= num_samples for k in ks):
         raise ValueError(f"every k in ks={tuple(ks)} must be in [1, num_samples={num_samples}]")
 
-    prompts = rule.encode_prompts(tokenizer, [ex.prompt for ex in examples])
-    references = [ex.reference for ex in examples]
-    options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-    # Samples of one prompt sit next to each other: row i belongs to prompt i // num_samples.
-    repeated = [p for p in prompts for _ in range(num_samples)]
-    sampled = _generate(engine, repeated, options, seed, batch_size)
-    texts = [rule.response_text(tokenizer, ids, finish == "stop") for ids, finish in sampled]
-    rewards, faults = score(texts, [references[row // num_samples] for row in range(len(texts))])
-    result = _sample_metrics(sampled, rewards, num_samples, ks)
-    errors, timeouts = faults.errors, faults.timeouts
 
-    result["greedy_accuracy"] = None
-    if greedy:
-        greedy_options = dict(options, temperature=0.0, top_p=1.0)
-        decoded = _generate(engine, prompts, greedy_options, seed, batch_size)
-        texts = [rule.response_text(tokenizer, ids, finish == "stop") for ids, finish in decoded]
-        greedy_rewards, faults = score(texts, references)
-        result["greedy_accuracy"] = _mean(greedy_rewards)
-        errors, timeouts = errors + faults.errors, timeouts + faults.timeouts
-    return result | {"num_prompts": len(examples), "num_samples": num_samples,
-                     "reward_errors": errors, "reward_timeouts": timeouts}  # fmt: skip
-
-
-def evaluate_model(
-    model, tokenizer, examples, verify, *, reward_timeout_s: float, **options
-) -> dict:
+def evaluate_model(model, tokenizer, task, examples, *, reward_timeout_s: float, template="none",
+                   **options) -> dict:  # fmt: skip
     """`evaluate` of an in-process HF model: the token rule of its tokenizer (and
-    generation_config), `verify` behind the protected scorer (deadline, faults counted)."""
-    rule = TokenRule.from_tokenizer(tokenizer, getattr(model, "generation_config", None))
+    generation_config), the task's reward spec behind the protected scorer."""
+    rule = TokenRule.from_tokenizer(
+        tokenizer, getattr(model, "generation_config", None), template=template
+    )
     engine = HFRolloutEngine(model, rule.stop_ids, rule.pad_id)
-    scorer = RewardScorer(verify, reward_timeout_s)
+    scorer = RewardScorer.for_task(task, reward_timeout_s)
     try:
-        return evaluate(engine, tokenizer, rule, examples, scorer.score, **options)
+        return evaluate(engine, tokenizer, rule, examples, scorer.grade, **options)
     finally:
         scorer.close()
 
 
-def _sample_metrics(
-    sampled: list[tuple[list[int], str]], rewards: list[float], num_samples: int, ks
-) -> dict:
+def _sample_metrics(sampled, rewards: list[float], correct: list[bool], num_samples: int, ks):
     lengths = [len(ids) for ids, _ in sampled]
-    correct = [is_correct(r) for r in rewards]
     per_prompt = [sum(correct[i : i + num_samples]) for i in range(0, len(correct), num_samples)]
     return {
-        "accuracy": _mean(rewards),
+        "accuracy": _mean(correct),
+        "reward_mean": _mean(rewards),
         "pass_at_k": {
             str(k): _mean([pass_at_k(num_samples, c, k) for c in per_prompt]) for k in ks
         },
@@ -123,6 +132,34 @@ def _sample_metrics(
         "len_incorrect": _mean([n for n, ok in zip(lengths, correct, strict=True) if not ok]),
         "truncated_frac": _mean([finish == "length" for _, finish in sampled]),
     }
+
+
+def _per_source(examples, correct: list[bool], num_samples: int, ks) -> dict:
+    """{source: {accuracy, pass_at_k, num_prompts}} when examples carry a source (else {})."""
+    sources = [(ex.meta or {}).get("source") for ex in examples]
+    if all(s is None for s in sources):
+        return {}
+    out = {}
+    for source in sorted({str(s) for s in sources}):
+        rows = [i for i, s in enumerate(sources) if str(s) == source]
+        mine = [c for i in rows for c in correct[i * num_samples : (i + 1) * num_samples]]
+        counts = [sum(correct[i * num_samples : (i + 1) * num_samples]) for i in rows]
+        out[source] = {
+            "accuracy": _mean(mine), "num_prompts": len(rows),
+            "pass_at_k": {str(k): _mean([pass_at_k(num_samples, c, k) for c in counts])
+                          for k in ks},
+        }  # fmt: skip
+    return out
+
+
+def _intervals(correct: list[bool], num_samples: int, ks, resamples: int, seed: int) -> dict:
+    """95% percentile-bootstrap intervals over prompts (a prompt's samples stay together)."""
+    counts = [sum(correct[i : i + num_samples]) for i in range(0, len(correct), num_samples)]
+    out = {"accuracy": bootstrap_interval([c / num_samples for c in counts], resamples, seed)}
+    for k in ks:
+        values = [pass_at_k(num_samples, c, k) for c in counts]
+        out[f"pass@{k}"] = bootstrap_interval(values, resamples, seed)
+    return out
 
 
 def _generate(

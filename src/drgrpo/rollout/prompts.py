@@ -1,7 +1,11 @@
 """The one rule for text <-> tokens, used by training, evaluation, SFT and the exported model.
 
-    prompt ids    = tokenizer.encode(prompt)   (the tokenizer's own special tokens: a BOS where
-                    its convention adds one, none for Qwen-style tokenizers; never an EOS)
+    prompt text   = the run's template applied to the example's question (`templates.py`:
+                    qwen_math | r1 | none | a format string | chat); chat messages in the
+                    data always go through the tokenizer's chat template
+    prompt ids    = tokenizer.encode(text)     (the tokenizer's own special tokens: a BOS where
+                    its convention adds one, none for Qwen-style tokenizers; never an EOS;
+                    chat-rendered text adds none, its template wrote them)
     stop ids      = {tokenizer EOS} | generation_config.eos_token_id (an id or a list) | extra
     response text = decode(response ids within the mask, minus the stop id that ended the row),
                     special tokens kept: the verifier sees what the model wrote
@@ -17,6 +21,9 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from drgrpo.rollout.engine import Rollouts
+from drgrpo.rollout.templates import PromptTemplate
+
+NO_TEMPLATE = PromptTemplate.parse("none")
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,8 @@ class TokenRule:
     """Sampling any of these ends a row (the stop token is part of the response)."""
     eos_id: int
     """Appended to SFT targets: the stop token the model is taught to emit."""
+    template: PromptTemplate = NO_TEMPLATE
+    """How a question becomes prompt text (`rollout.prompt_template`)."""
 
     def __post_init__(self) -> None:
         if not self.stop_ids:
@@ -39,8 +48,9 @@ class TokenRule:
 
     @classmethod
     def from_tokenizer(
-        cls, tokenizer, generation_config=None, extra_stop_ids: Iterable[int] = ()
-    ) -> TokenRule:
+        cls, tokenizer, generation_config=None, extra_stop_ids: Iterable[int] = (),
+        template: PromptTemplate | str = NO_TEMPLATE,
+    ) -> TokenRule:  # fmt: skip
         """The rule of a HF tokenizer (plus the model's generation_config, when it has one)."""
         eos = tokenizer.eos_token_id
         if eos is None:
@@ -53,12 +63,31 @@ class TokenRule:
         if pad is None:
             # Padding is masked everywhere, so any id works; the eos id is never sampled as pad.
             pad = eos
-        return cls(pad_id=pad, stop_ids=frozenset(stops), eos_id=eos)
+        if isinstance(template, str):
+            template = PromptTemplate.parse(template)
+        return cls(pad_id=pad, stop_ids=frozenset(stops), eos_id=eos, template=template)
 
-    def encode_prompt(self, tokenizer, text: str) -> list[int]:
-        """Prompt ids by the tokenizer's own convention (BOS or not), never ending in a stop id
-        the text does not spell."""
-        ids = tokenizer.encode(text, add_special_tokens=True)
+    def prompt_text(self, tokenizer, example) -> tuple[str, bool]:
+        """(the prompt text of a task example, whether to add the tokenizer's special tokens)."""
+        template = self.template
+        if getattr(example, "messages", None):
+            # Chat messages can only be rendered by the chat template.
+            template = template if template.uses_chat_template else PromptTemplate.chat()
+            return template.render(list(example.messages), tokenizer), False
+        return template.render(example.prompt, tokenizer), template.encode_special_tokens
+
+    def encode_examples(self, tokenizer, examples: Iterable) -> list[list[int]]:
+        """Prompt ids of task examples: the template, then the encoding rule."""
+        out = []
+        for ex in examples:
+            text, special = self.prompt_text(tokenizer, ex)
+            out.append(self.encode_prompt(tokenizer, text, add_special_tokens=special))
+        return out
+
+    def encode_prompt(self, tokenizer, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Prompt ids by the tokenizer's own convention (BOS or not; none added for chat-rendered
+        text), never ending in a stop id the text does not spell."""
+        ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
         plain = tokenizer.encode(text, add_special_tokens=False)
         if ids and ids[-1] in self.stop_ids and (not plain or plain[-1] != ids[-1]):
             ids = ids[:-1]  # some tokenizers append EOS; a prompt must leave the answer open

@@ -43,7 +43,7 @@ MAX_GRAD_NORM = 1.0
 """Global gradient-norm clip."""
 ADAM_BETAS = (0.9, 0.95)
 """AdamW betas (no weight decay)."""
-REWARD_TIMEOUT_S = 5.0
+REWARD_TIMEOUT_S = 1.0
 """Per-answer limit of the verifier in the checks and the final evaluation (faults score 0)."""
 CHECK_SEED = 1
 """The periodic checks sample with seed cfg.seed + CHECK_SEED (the final evaluation: cfg.seed)."""
@@ -77,7 +77,7 @@ def build_batch(examples, tokenizer, rule: TokenRule | None = None) -> SFTBatch:
             raise ValueError(
                 f"example {ex.prompt[:40]!r} has no solution: this task cannot be SFT'd"
             )
-        prompt = rule.encode_prompt(tokenizer, ex.prompt)
+        prompt = rule.encode_examples(tokenizer, [ex])[0]
         rows.append(prompt + rule.sft_target(tokenizer, ex.solution))
         starts.append(len(prompt))
     width = max(len(r) for r in rows)
@@ -136,10 +136,10 @@ def load_start(cfg: SFTConfig):
     return build_model(cfg.size, len(tokenizer), seed=cfg.seed), tokenizer
 
 
-def sampled_accuracy(model, tokenizer, examples, verify, max_new_tokens: int, seed: int) -> float:
-    """Mean reward of one temperature-1 sample per example (the periodic check)."""
+def sampled_accuracy(model, tokenizer, task, examples, max_new_tokens: int, seed: int) -> float:
+    """Share of correct samples, one temperature-1 sample per example (the periodic check)."""
     result = evaluate_model(
-        model, tokenizer, examples, verify, reward_timeout_s=REWARD_TIMEOUT_S, num_samples=1, ks=(1,),
+        model, tokenizer, task, examples, reward_timeout_s=REWARD_TIMEOUT_S, num_samples=1, ks=(1,),
         max_new_tokens=max_new_tokens, temperature=1.0, greedy=False, seed=seed,
     )  # fmt: skip
     return result["accuracy"]
@@ -207,7 +207,7 @@ def _train(cfg: SFTConfig, model, tokenizer, task, progress: bool, console: Cons
 
 def _check(cfg: SFTConfig, model, tokenizer, task, examples, step: int, loss: float) -> dict:
     accuracy = sampled_accuracy(
-        model, tokenizer, examples, task.verify, cfg.max_new_tokens, seed=cfg.seed + CHECK_SEED
+        model, tokenizer, task, examples, cfg.max_new_tokens, seed=cfg.seed + CHECK_SEED
     )
     model.train()
     return {"step": step, "loss": round(loss, 4), "accuracy": accuracy}
@@ -235,7 +235,7 @@ def _finish(cfg: SFTConfig, model, tokenizer, task, state: dict, console: Consol
     )
     t0 = time.perf_counter()
     result = evaluate_model(
-        model, tokenizer, task.heldout(cfg.eval_prompts), task.verify,
+        model, tokenizer, task, task.heldout(cfg.eval_prompts),
         reward_timeout_s=REWARD_TIMEOUT_S, num_samples=1, ks=(1,), max_new_tokens=cfg.max_new_tokens, temperature=1.0, greedy=True, seed=cfg.seed,
     )  # fmt: skip
     console.print(

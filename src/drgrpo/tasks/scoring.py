@@ -44,15 +44,6 @@ DEFAULT_TIMEOUT_S = 1.0
 MAX_FAULT_EXAMPLES = 8
 """Faulty calls kept per step for reward_faults.jsonl."""
 
-CORRECT_THRESHOLD = 0.5
-"""Until verifiers report correctness themselves, a reward at or above this counts as correct
-(accuracy's length split, pass@k, the SFT checks). Written here only: `is_correct`."""
-
-
-def is_correct(reward: float) -> bool:
-    """The one correctness rule of training metrics, evaluation and SFT checks."""
-    return reward >= CORRECT_THRESHOLD
-
 
 class RewardTimeout(BaseException):
     """Raised inside an in-process reward when its time is up. A BaseException, so that a
@@ -101,7 +92,8 @@ class RewardFaults:
                 raise RewardHealthError(
                     f"reward {name!r} ({fn}) faulted on {share} of this step: {detail}. "
                     "A reward must return a real number (bool, int or float) in its declared "
-                    "range; fix the function or its range, or raise max_fault_fraction."
+                    "range; fix the function or its range, or raise "
+                    "rollout.max_reward_fault_fraction."
                 )
 
     def _add(self, kind: str, term: RewardTerm, fault: str, value, completion, example) -> None:

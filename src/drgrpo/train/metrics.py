@@ -1,7 +1,8 @@
 """Metric names of a run (metrics.jsonl, TensorBoard) and how each is computed, in one place.
 
 Groups as in cleanrl: reward/*, rollout/*, policy/*, optim/*, perf/*, eval/*. Correctness is
-`drgrpo.tasks.scoring.is_correct`, the rule evaluation and the SFT checks use too.
+the verifier's verdict (`tasks.scoring.Graded.correct`), as in evaluation and the SFT checks;
+reward/<name>/mean and the fault counts come from `Graded.metrics()`.
 """
 
 from __future__ import annotations
@@ -12,22 +13,19 @@ import statistics
 import torch
 
 from drgrpo.rollout import Rollouts
-from drgrpo.tasks.scoring import is_correct
 
 
 def step_metrics(
     rewards: torch.Tensor,  # (N,) the task's rewards (before any KL-in-reward shaping)
+    correct: torch.Tensor,  # (N,) bool
     group_size: int,
     rollouts: Rollouts,
     truncated: torch.Tensor,  # (N,) bool
     totals: dict,
-    faults,
 ) -> dict:
     """The metrics of one RL step. `totals` come from `update.run_updates`: per-step means for
     losses, token sums for clipfrac / KL / entropy (divided here by the tokens they cover)."""
     lengths = rollouts.response_lengths.float()  # (N,)
-    correct = torch.tensor([is_correct(float(r)) for r in rewards], dtype=torch.bool)
-    correct = correct.to(lengths.device)
     grouped = rewards.reshape(-1, group_size)
     tokens = max(totals.get("tokens", 0.0), 1.0)
     return {
@@ -37,8 +35,6 @@ def step_metrics(
         "reward/frac_zero_std_groups": float(
             (grouped.std(dim=1, correction=0) == 0).float().mean()
         ),
-        "reward/errors": faults.errors,
-        "reward/timeouts": faults.timeouts,
         "rollout/len_mean": float(lengths.mean()),
         "rollout/len_correct": float(lengths[correct].mean()) if correct.any() else None,
         "rollout/len_incorrect": float(lengths[~correct].mean()) if (~correct).any() else None,
@@ -58,6 +54,7 @@ def eval_metrics(result: dict) -> dict:
     """An `evaluate` result as eval/* metrics."""
     out = {
         "eval/accuracy": result["accuracy"],
+        "eval/reward_mean": result.get("reward_mean"),
         "eval/greedy_accuracy": result.get("greedy_accuracy"),
         "eval/len_mean": result.get("len_mean"),
         "eval/len_correct": result.get("len_correct"),

@@ -24,6 +24,7 @@ import torch
 from drgrpo.models.logprobs import sequence_logprobs
 from drgrpo.objective import compute_advantages, kl_penalized_rewards
 from drgrpo.rollout import Rollouts, concat_rollouts
+from drgrpo.tasks.scoring import RewardHealthError
 from drgrpo.train.metrics import step_metrics
 from drgrpo.train.run import Run
 from drgrpo.train.update import TrainBatch, run_updates
@@ -43,9 +44,10 @@ class Collected:
 @dataclass(frozen=True)
 class Scored:
     rewards: torch.Tensor  # (N,) after the truncation policy
+    correct: torch.Tensor  # (N,) bool: the verifier's verdict
     truncated: torch.Tensor  # (N,) bool: hit max_new_tokens
     loss_mask: torch.Tensor  # (N, T) bool: tokens the loss sees
-    faults: object  # RewardFaults
+    graded: object  # tasks.scoring.Graded: components and faults
 
 
 def rl_step(run: Run, step: int) -> dict:
@@ -53,7 +55,7 @@ def rl_step(run: Run, step: int) -> dict:
     t0 = time.perf_counter()
     collected = collect(run)
     t_rollout = time.perf_counter() - t0
-    scored = score(run, collected)
+    scored = score(run, collected, step)
     ref_logprobs, shaped = reference(run, collected.rollouts, scored.rewards)
     advantages = group_advantages(run, shaped)
     batch = build_batch(run, collected.rollouts, scored.loss_mask, advantages, ref_logprobs)
@@ -68,12 +70,11 @@ def rl_step(run: Run, step: int) -> dict:
         )  # fmt: skip
     run.engine.sync_weights(run.policy)
     t_train = time.perf_counter() - t1
-    if scored.faults.examples:
-        run.logger.write_lines("reward_faults.jsonl", step, scored.faults.examples)
     rollouts = collected.rollouts
     metrics = step_metrics(
-        scored.rewards, cfg.rollout.group_size, rollouts, scored.truncated, totals, scored.faults
+        scored.rewards, scored.correct, cfg.rollout.group_size, rollouts, scored.truncated, totals
     )
+    metrics.update(scored.graded.metrics())
     elapsed = time.perf_counter() - t0
     metrics.update({
         "optim/lr": run.scheduler.get_last_lr()[0],
@@ -94,7 +95,7 @@ def collect(run: Run) -> Collected:
     state.data_pos += len(examples)
     k = cfg.rollout.group_size
     # Each prompt is encoded once and repeated: a group's rows are identical prompts.
-    encoded = run.rule.encode_prompts(run.tokenizer, [ex.prompt for ex in examples])
+    encoded = run.rule.encode_examples(run.tokenizer, examples)
     prompts = [ids for ids in encoded for _ in range(k)]
     chunk = cfg.rollout.chunk_rows or len(prompts)
     parts = []
@@ -109,20 +110,30 @@ def collect(run: Run) -> Collected:
     return Collected(examples, rollouts, run.rule.decode_rollouts(run.tokenizer, rollouts))
 
 
-def score(run: Run, collected: Collected) -> Scored:
-    """Step 2: rewards (N,), and the truncation policy applied to rewards or the loss mask."""
+def score(run: Run, collected: Collected, step: int) -> Scored:
+    """Step 2: rewards (N,), and the truncation policy applied to rewards or the loss mask.
+
+    Faults are logged first (reward_faults.jsonl), then a reward function that faulted on too
+    many calls stops the run with its name and values."""
     cfg, rollouts = run.config, collected.rollouts
     k = cfg.rollout.group_size
-    references = [ex.reference for ex in collected.examples for _ in range(k)]
-    rewards_list, faults = run.scorer.score(collected.completions, references)
-    rewards = torch.tensor(rewards_list, dtype=torch.float32, device=run.device)  # (N,)
+    problems = [ex for ex in collected.examples for _ in range(k)]
+    graded = run.scorer.grade(collected.completions, problems)
+    if graded.faults.examples:
+        run.logger.write_lines("reward_faults.jsonl", step, graded.faults.examples)
+    try:
+        graded.faults.check(cfg.rollout.max_reward_fault_fraction)
+    except RewardHealthError as e:
+        raise TrainingError(str(e)) from e
+    rewards = torch.tensor(graded.rewards, dtype=torch.float32, device=run.device)  # (N,)
+    correct = torch.tensor(graded.correct, dtype=torch.bool, device=run.device)
     truncated = torch.tensor([r == "length" for r in rollouts.finish_reason], device=run.device)
     loss_mask = rollouts.response_mask.clone()  # (N, T)
     if cfg.rollout.truncated == "zero_reward":
         rewards = torch.where(truncated, torch.zeros_like(rewards), rewards)
     elif cfg.rollout.truncated == "mask_loss":
         loss_mask &= ~truncated.unsqueeze(1)
-    return Scored(rewards, truncated, loss_mask, faults)
+    return Scored(rewards, correct, truncated, loss_mask, graded)
 
 
 def reference(run: Run, rollouts: Rollouts, rewards: torch.Tensor):

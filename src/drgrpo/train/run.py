@@ -104,7 +104,10 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     device = pick_device(cfg.model.device)
     policy, tokenizer, base_path = load_base_policy(cfg, console=console)
     policy = policy.to(device=device, dtype=torch.float32)  # master weights (autocast_for)
-    rule = TokenRule.from_tokenizer(tokenizer, getattr(policy, "generation_config", None))
+    rule = TokenRule.from_tokenizer(
+        tokenizer, getattr(policy, "generation_config", None),
+        template=cfg.rollout.prompt_template,
+    )  # fmt: skip
     reference = None
     if cfg.objective.uses_reference or cfg.monitor_kl:
         # The reference is the base policy, frozen; on resume it is still the base, not the checkpoint.
@@ -127,7 +130,7 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         tokenizer=tokenizer, rule=rule, task=task,
         engine=HFRolloutEngine(policy, rule.stop_ids, rule.pad_id),
         optimizer=optimizer, scheduler=scheduler, generator=generator,
-        scorer=RewardScorer(task.verify, cfg.rollout.reward_timeout_s),
+        scorer=RewardScorer.for_task(task, cfg.rollout.reward_timeout_s),
         logger=RunLogger(run_dir, cfg.tensorboard, **_log_resume(resume, ckpt, state)),
         console=console, autocast=autocast_for(device, cfg.model.dtype), base_path=str(base_path), state=state,
     )  # fmt: skip

@@ -48,7 +48,7 @@ def train(
         return begin.finished
     run = build_run(cfg, resume=resume, console=console)
     write_text_atomic(run.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-    console.print(render_formula(cfg.objective))
+    console.print(render_formula(cfg.objective, truncated=cfg.rollout.truncated))
     console.print(f"run folder: {run.run_dir}   base policy: {run.base_path}")
     try:
         return _session(run, stop_at_step, start, progress)
@@ -95,9 +95,10 @@ def run_eval(run: Run, step: int) -> dict:
     with run.autocast():
         return evaluate(
             run.engine, run.tokenizer, run.rule, run.task.heldout(cfg.eval.num_prompts),
-            run.scorer.score, num_samples=cfg.eval.num_samples, ks=cfg.eval.ks,
+            run.scorer.grade, num_samples=cfg.eval.num_samples, ks=cfg.eval.ks,
             max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
             greedy=cfg.eval.greedy, seed=cfg.seed + 1_000_003 * (step + 1),
+            bootstrap=cfg.eval.bootstrap,
         )  # fmt: skip
 
 

@@ -24,7 +24,6 @@ from drgrpo.objective import (
     compute_advantages,
     resolve_objective,
 )
-from drgrpo.tasks.scoring import is_correct
 from drgrpo.train.policy import load_base_policy
 from drgrpo.train.trainer import train
 
@@ -105,18 +104,15 @@ def measure_length_penalty(cfg: TrainConfig, presets, console: Console) -> dict:
     examples = [
         run.task.train_example(10_000_000 + i) for i in range(probe.rollout.prompts_per_step)
     ]
-    prompts = [ids for ids in run.rule.encode_prompts(run.tokenizer, [ex.prompt for ex in examples])
-               for _ in range(k)]  # fmt: skip
-    refs = [ex.reference for ex in examples for _ in range(k)]
+    prompts = [ids for ids in run.rule.encode_examples(run.tokenizer, examples) for _ in range(k)]
     rollouts = run.engine.generate(prompts, max_new_tokens=probe.rollout.max_new_tokens,
                                    generator=torch.Generator().manual_seed(0))  # fmt: skip
-    rewards = torch.tensor(
-        run.scorer.score(run.rule.decode_rollouts(run.tokenizer, rollouts), refs)[0],
-        dtype=torch.float64,
-    )
+    graded = run.scorer.grade(run.rule.decode_rollouts(run.tokenizer, rollouts),
+                              [ex for ex in examples for _ in range(k)])  # fmt: skip
+    rewards = torch.tensor(graded.rewards, dtype=torch.float64)
     run.scorer.close()
     lengths = rollouts.response_lengths
-    wrong = torch.tensor([not is_correct(float(r)) for r in rewards]).nonzero().flatten()
+    wrong = torch.tensor([not ok for ok in graded.correct]).nonzero().flatten()
     out = {}
     if len(wrong) < 6:
         return {"note": "too few wrong responses in the probe batch to compare lengths"}
