@@ -37,12 +37,21 @@ STALE = 1e-2  # what a weight sync must move the log-probs by (random tiny model
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("vllm")
+    return run_worker(tmp_path_factory.mktemp("vllm"))
+
+
+@pytest.fixture(scope="module")
+def run_out_of_process(tmp_path_factory):
+    return run_worker(tmp_path_factory.mktemp("vllm_mp"), "--out-of-process")
+
+
+def run_worker(out: Path, *flags: str):
+    """Run vllm_worker.py in the vLLM Python; (results, models, rollouts) from what it saved."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1",
                OMP_NUM_THREADS="1", VLLM_CPU_KVCACHE_SPACE="1",
                VLLM_CPU_OMP_THREADS_BIND="nobind")  # fmt: skip
     try:
-        done = subprocess.run([str(VLLM_PYTHON), str(WORKER), str(out)], env=env, cwd=ROOT,
+        done = subprocess.run([str(VLLM_PYTHON), str(WORKER), str(out), *flags], env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=300)  # fmt: skip
     except subprocess.TimeoutExpired as error:
         pytest.fail(f"the vLLM worker ran past 300 s:\n{(error.stderr or '')[-3000:]}")
@@ -150,3 +159,11 @@ def test_greedy_takes_the_argmax_without_pad(run):
 def test_top_p_below_one_is_refused(run):
     results, _, _ = run
     assert results["top_p_refused"]
+
+
+def test_out_of_process_engine_leaves_the_trainer_alone_and_syncs(run_out_of_process):
+    results, models, rollouts = run_out_of_process
+    assert results["rng_untouched"] and results["threads_settable"]
+    assert gap(models["a"], rollouts["a_seed11"]) < TOL
+    assert gap(models["b"], rollouts["a_seed11"]) > STALE
+    assert gap(models["b"], rollouts["b_synced"]) < TOL

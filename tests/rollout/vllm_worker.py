@@ -1,6 +1,6 @@
 """Child process of test_vllm.py: runs VLLMRolloutEngine once and saves what it sampled.
 
-Run with a Python that has vLLM (.venv-vllm): `python vllm_worker.py OUT_DIR`. vLLM in process
+Run with a Python that has vLLM (.venv-vllm): `python vllm_worker.py OUT_DIR [--out-of-process]`. vLLM in process
 seeds the global RNGs and disables torch.set_num_threads, hence a process of its own. It saves
 two tiny tied-embedding Llama folders (A: the engine's start, B: the weights synced in), the
 rollouts of each check as `<name>.safetensors` (prompt/response ids and masks, sampler
@@ -88,5 +88,30 @@ def main(out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1))
 
 
+def main_out_of_process(out: Path) -> None:
+    """`in_process=False`: the trainer's process keeps its RNG and thread count; syncs still work."""
+    for name, seed in (("model_a", 0), ("model_b", 1)):
+        model = build_model("tiny", 100, seed=seed, **SIZE)
+        model.save_pretrained(out / name)
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    engine = VLLMRolloutEngine(out / "model_a", stop_token_ids=STOP_IDS, pad_token_id=PAD_ID,
+                               dtype="float32", enforce_eager=True, block_size=32,
+                               max_model_len=128, seed=0, in_process=False)  # fmt: skip
+    results: dict = {"rng_untouched": bool(torch.equal(torch.rand(4), expected))}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    results["threads_settable"] = torch.get_num_threads() == threads + 1
+    sample = dict(max_new_tokens=MAX_NEW, temperature=TEMPERATURE)
+    save(out, "a_seed11", engine.generate(prompts(), seed=11, **sample), results)
+    engine.sync_weights(build_model("tiny", 100, seed=1, **SIZE))
+    save(out, "b_synced", engine.generate(prompts(), seed=14, **sample), results)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[2:] == ["--out-of-process"]:
+        main_out_of_process(Path(sys.argv[1]))
+    else:
+        main(Path(sys.argv[1]))
