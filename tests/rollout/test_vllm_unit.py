@@ -150,3 +150,27 @@ def test_a_lora_model_sends_merged_weights_and_stays_unmerged():
     assert not torch.equal(sent[q], model.model.layers[0].self_attn.q_proj.base_layer.weight)
     for name, param in lora.named_parameters():  # the model itself is untouched
         assert torch.equal(param, before[name]), name
+
+
+def test_fsdp2_shards_are_gathered_to_full_tensors(tmp_path):
+    dist = pytest.importorskip("torch.distributed")
+    from torch.distributed.fsdp import fully_shard
+
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this process")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)  # fmt: skip
+    try:
+        reference = build_model("tiny", 100, num_hidden_layers=1)
+        model = build_model("tiny", 100, num_hidden_layers=1)
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        assert type(model.model.embed_tokens.weight).__name__ == "DTensor"
+        sent = list(hf_weights(model))
+        expected = reference.state_dict()
+        assert [n for n, _ in sent][:2] == ["model.embed_tokens.weight", "lm_head.weight"]
+        for name, tensor in sent:
+            assert type(tensor) is torch.Tensor and torch.equal(tensor, expected[name]), name
+    finally:
+        dist.destroy_process_group()
