@@ -52,6 +52,8 @@ INSTALL_HINT = (
 )
 MAX_PAD_REDRAWS = 64
 """Rounds of pad rejection before giving up (a policy that nearly always samples pad)."""
+GREEDY_BELOW = 1e-5
+"""vLLM decodes greedily below this temperature (its `_SAMPLING_EPS`)."""
 _MASK62 = 2**62 - 1
 
 
@@ -102,7 +104,7 @@ class VLLMRolloutEngine:
         if self.sleeps and not torch.cuda.is_available():
             raise ValueError("sleep_mode needs CUDA (vLLM's sleep mode is CUDA only)")
         # vLLM reads this when the engine is built: 0 runs the engine core in this process.
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if not in_process else "0"
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
         self.in_process = in_process
         vllm, self._tokens_prompt = _import_vllm()
         self._sampling_params = vllm.SamplingParams
@@ -191,25 +193,25 @@ class VLLMRolloutEngine:
 
     def _sample_rows(self, prompt_ids, max_new_tokens, temperature, top_p, first_seed):
         """[(tokens, logprobs, finish_reason)] per row, pads rejected and redrawn."""
-        reject = temperature > 0 and self.pad_token_id not in self.stop_token_ids
+        greedy = temperature < GREEDY_BELOW
+        reject = not greedy and self.pad_token_id not in self.stop_token_ids
         stops = sorted(self.stop_token_ids | ({self.pad_token_id} if reject else set()))
         options = dict(temperature=temperature, top_p=top_p, logprobs=0, ignore_eos=True,
                        stop_token_ids=stops, detokenize=False)  # fmt: skip
-        if temperature == 0 and self.pad_token_id not in self.stop_token_ids:
+        if greedy and self.pad_token_id not in self.stop_token_ids:
             options["logit_bias"] = {self.pad_token_id: -100.0}
         # One request per run of identical prompts: n=K samples with seeds seed, seed+1, ...
         # Greedy rows of a group are all the same response: one is computed (vLLM wants n=1).
         groups = _groups(prompt_ids)
-        n = (lambda k: 1) if temperature == 0 else (lambda k: k)
         requests = [
             (self._tokens_prompt(prompt_token_ids=list(prompt_ids[start])),
-             self._sampling_params(n=n(k), seed=first_seed + start, max_tokens=max_new_tokens,
+             self._sampling_params(n=1 if greedy else k, seed=first_seed + start, max_tokens=max_new_tokens,
                                    **options))
             for start, k in groups
         ]  # fmt: skip
         outputs = self._run(requests)
         rows = [_row(o) for out, (_, k) in zip(outputs, groups, strict=True)
-                for o in (out.outputs * k if temperature == 0 else out.outputs)]  # fmt: skip
+                for o in (out.outputs * k if greedy else out.outputs)]  # fmt: skip
         for attempt in range(1, MAX_PAD_REDRAWS + 1):
             redo = [i for i, (tokens, _, reason) in enumerate(rows)
                     if reject and reason == "stop" and tokens[-1] == self.pad_token_id]  # fmt: skip
