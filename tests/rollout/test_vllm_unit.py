@@ -174,3 +174,13 @@ def test_fsdp2_shards_are_gathered_to_full_tensors(tmp_path):
             assert type(tensor) is torch.Tensor and torch.equal(tensor, expected[name]), name
     finally:
         dist.destroy_process_group()
+
+
+def test_greedy_sends_one_request_per_group_and_bans_pad_by_bias():
+    engine = fake_engine({EOS})
+    r = engine.generate(ROWS, max_new_tokens=6, temperature=0.0)
+    (call,) = engine.llm.calls  # greedy cannot redraw, so nothing is rejected
+    assert [sp.n for _, sp in call] == [1, 1, 1]
+    assert all(sp.logit_bias == {PAD: -100.0} and PAD not in sp.stop_token_ids for _, sp in call)
+    got = responses(r)
+    assert got[:4] == [got[0]] * 4 and got[4:7] == [got[4]] * 3
