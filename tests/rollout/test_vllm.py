@@ -106,6 +106,17 @@ def test_a_tied_head_synced_without_lm_head_keeps_stale_logprobs(run):
     assert gap(models["b"], rollouts["b_no_head"]) > STALE
 
 
+def test_without_a_prefix_cache_reset_cached_prompt_blocks_are_stale(run):
+    # Negative control: rows 8-11 have the 40-token prompt, whose first 32-token KV block was
+    # computed with B's weights before the sync back to A; the other prompts fill no block.
+    _, models, rollouts = run
+    r = rollouts["a_stale_cache"]
+    diff = (r["sampler_logprobs"] - trainer_logprobs(models["a"], r, TEMPERATURE)).abs()
+    diff = diff.masked_fill(~r["response_mask"], 0).amax(dim=1)
+    assert float(diff[8:12].min()) > STALE
+    assert float(torch.cat([diff[:8], diff[12:]]).max()) < TOL
+
+
 def test_stops_end_rows_inside_the_mask_and_pad_is_never_sampled(run):
     results, _, rollouts = run
     assert results["pad_redraws"] > 0  # the pad was drawn and redrawn: the rejection path ran

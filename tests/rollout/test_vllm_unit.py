@@ -46,7 +46,7 @@ def fake_engine(stop_ids, pad=PAD) -> VLLMRolloutEngine:
     engine = object.__new__(VLLMRolloutEngine)
     engine.__dict__.update(
         stop_token_ids=frozenset(stop_ids), pad_token_id=pad, allow_top_p=False, sleeps=False,
-        llm=FakeLLM(), max_model_len=512, pad_redraws=0, _asleep=set(), _send_tied_head=True,
+        llm=FakeLLM(), max_model_len=512, pad_redraws=0, _asleep=set(), _send_tied_head=True, _reset_prefix_cache=True,
         _tokens_prompt=lambda prompt_token_ids: prompt_token_ids,
         _sampling_params=lambda **kw: SimpleNamespace(**kw),
     )  # fmt: skip

@@ -78,6 +78,11 @@ def main(out: Path) -> None:
     save(out, "b_greedy", engine.generate(rows, temperature=0.0, max_new_tokens=MAX_NEW), results)
     save(out, "b_t1", engine.generate(rows, seed=15, max_new_tokens=MAX_NEW, temperature=1.0),
          results)  # fmt: skip
+    # Negative control: back to A without resetting the prefix cache. The 40-token prompt's
+    # first 32-token KV block, computed with B, is reused; the short prompts fill no block.
+    engine._reset_prefix_cache = False
+    engine.sync_weights(model_a)
+    save(out, "a_stale_cache", engine.generate(rows, seed=16, **sample), results)
     try:
         engine.generate(rows, seed=1, top_p=0.9, **sample)
         results["top_p_refused"] = False

@@ -131,7 +131,8 @@ class VLLMRolloutEngine:
         self.pad_redraws = 0
         """Pads rejected and redrawn so far (a diagnostic; tests read it)."""
         self._asleep: set[str] = set()
-        self._send_tied_head = True  # False only in the negative-control test
+        self._send_tied_head = True  # these two are False only in the negative-control tests
+        self._reset_prefix_cache = True
 
     def generate(
         self,
@@ -247,7 +248,7 @@ class VLLMRolloutEngine:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         else:  # tensors do not survive vLLM's RPC encoding: they go through a file
             _reload_through_file(self.llm, weights)
-        if not self.llm.reset_prefix_cache():
+        if self._reset_prefix_cache and not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM could not reset its prefix cache (requests still running?)")
 
     def _wake(self, tags: set[str]) -> None:
