@@ -89,6 +89,23 @@ def world() -> World:
     return World(dist.get_rank(), dist.get_world_size(), local, device)
 
 
+def gather_objects(value) -> list:
+    """Every rank's `value` (picklable), in rank order; [value] in one process."""
+    w = world()
+    if w.world_size == 1:
+        return [value]
+    out = [None] * w.world_size
+    with _collective("gather_objects"):
+        dist.all_gather_object(out, value)
+    return out
+
+
+def barrier() -> None:
+    if world().world_size > 1:
+        with _collective("barrier"):
+            dist.barrier()
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
