@@ -29,7 +29,7 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 VLLM_TESTS ?= 1
 ifeq ($(VLLM_TESTS),1)
 TEST_DEPS := setup vllm-venv
-TEST_ENV  := DRGRPO_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python
+TEST_ENV   = DRGRPO_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python
 else
 TEST_DEPS := setup
 TEST_ENV  :=
