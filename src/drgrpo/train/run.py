@@ -26,6 +26,7 @@ from drgrpo.train.checkpoint import (
 from drgrpo.train.distributed import World, init_distributed, world
 from drgrpo.train.logging import NullLogger, RunLogger
 from drgrpo.train.policy import load_base_policy
+from drgrpo.train.preflight import check_context, longest_prompt, memory_report
 from drgrpo.util.schedule import lr_lambda
 
 
@@ -116,11 +117,13 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     random.seed(cfg.seed)
     device = world.device if world.world_size > 1 else pick_device(cfg.model.device)
     policy, tokenizer, base_path = load_base_policy(cfg, console=console)
-    policy = policy.to(device=device, dtype=torch.float32)  # master weights (autocast_for)
     rule = TokenRule.from_tokenizer(
         tokenizer, getattr(policy, "generation_config", None),
         template=cfg.rollout.prompt_template,
     )  # fmt: skip
+    task = make_task(cfg.task.name, **cfg.task.options)
+    _preflight(cfg, policy.config, task, rule, tokenizer, device, console, world)
+    policy = policy.to(device=device, dtype=torch.float32)  # master weights (autocast_for)
     reference = None
     if cfg.objective.uses_reference or cfg.monitor_kl:
         # The reference is the base policy, frozen; on resume it is still the base, not the checkpoint.
@@ -139,7 +142,6 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         _restore_rank_generator(loaded.pop("rank_rng", None), generator, cfg, world, loaded,
                                 console)  # fmt: skip
         state = RunState.from_json(loaded)
-    task = make_task(cfg.task.name, **cfg.task.options)
     return Run(
         config=cfg, run_dir=run_dir, device=device, policy=policy, reference=reference,
         tokenizer=tokenizer, rule=rule, task=task,
@@ -151,6 +153,14 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         console=console, autocast=autocast_for(device, cfg.model.dtype), base_path=str(base_path),
         state=state, world=world,
     )  # fmt: skip
+
+
+def _preflight(cfg, model_config, task, rule, tokenizer, device, console, world) -> None:
+    """Before the weights move to the device: the context check, the memory estimate."""
+    tokens = longest_prompt(cfg, task, rule, tokenizer)
+    check_context(cfg, model_config, tokens)
+    if world.is_main:
+        console.print(memory_report(cfg, model_config, tokens, device))
 
 
 def _restore_rank_generator(saved, generator, cfg, world, loaded: dict, console) -> None:
