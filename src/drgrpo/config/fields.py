@@ -31,6 +31,10 @@ class ModelConfig:
     (master weights, so small updates are not rounded away); bfloat16 runs every forward and
     backward under bf16 autocast (CPU or CUDA) and keeps the frozen reference model in bf16."""
 
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in backward instead of keeping them: the
+    training peak shrinks to about one layer's activations, for about one more forward."""
+
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
