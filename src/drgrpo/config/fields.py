@@ -122,12 +122,20 @@ class OptimConfig:
     parts of whole groups (group-aligned; must divide rollout.prompts_per_step)."""
     micro_batch_size: int = 0
     """Sequences per forward/backward (a memory setting only; 0 = the whole mini-batch)."""
+    critic_lr: float = 0.0
+    """AdamW learning rate of PPO's critic (objective.baseline=value; 0 = 10 x optim.lr, as in
+    verl's PPO examples: the zero-initialised value head must fit the returns quickly). It
+    follows the policy's schedule; betas, weight decay and max_grad_norm are shared."""
 
     def __post_init__(self) -> None:
         _positive("optim.lr", self.lr)
         _positive("optim.updates_per_rollout", self.updates_per_rollout)
         _positive("optim.mini_batches", self.mini_batches)
         _choice("optim.schedule", self.schedule, ("constant", "linear", "cosine"))
+        if self.critic_lr < 0:
+            raise ValueError(
+                f"optim.critic_lr must be >= 0 (0 = 10 x optim.lr), got {self.critic_lr}"
+            )
         if self.micro_batch_size < 0 or self.warmup_steps < 0 or self.max_grad_norm < 0:
             raise ValueError("optim.micro_batch_size, warmup_steps and max_grad_norm must be >= 0")
 
@@ -192,11 +200,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive("steps", self.steps)
         self.objective.check_group_size(self.rollout.group_size)
-        if self.objective.baseline == "value":
-            raise ValueError(
-                "objective.baseline=value needs a learned value head, which this trainer does not "
-                "have yet: use a group baseline (e.g. --preset grpo or objective.baseline=group_mean)"
-            )
         if self.rollout.prompts_per_step % self.optim.mini_batches:
             raise ValueError(
                 f"optim.mini_batches={self.optim.mini_batches} must divide "

@@ -23,6 +23,7 @@ from drgrpo.train.checkpoint import (
     latest_checkpoint,
     load_training_state,
 )
+from drgrpo.train.critic import Critic, build_critic
 from drgrpo.train.logging import RunLogger
 from drgrpo.train.policy import load_base_policy
 from drgrpo.util.schedule import lr_lambda
@@ -74,6 +75,8 @@ class Run:
     autocast: Callable
     base_path: str = ""
     state: RunState = field(default_factory=RunState)
+    critic: Critic | None = None
+    """PPO's value model, its optimizer and schedule (objective.baseline=value; train/critic.py)."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -114,6 +117,7 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
         if cfg.model.dtype == "bfloat16":  # frozen: it needs no fp32 master copy
             reference = reference.to(torch.bfloat16)
+    critic = build_critic(cfg, policy, device)  # from the base trunk, before any checkpoint
     if ckpt is not None:
         check_model_matches(ckpt, policy)
         _load_weights(policy, ckpt / "model")
@@ -124,6 +128,8 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         loaded = load_training_state(ckpt, optimizer=optimizer, generator=generator)
         scheduler.load_state_dict(loaded.pop("scheduler"))
         state = RunState.from_json(loaded)
+        if critic is not None:
+            critic.load(ckpt)
     task = make_task(cfg.task.name, **cfg.task.options)
     return Run(
         config=cfg, run_dir=run_dir, device=device, policy=policy, reference=reference,
@@ -133,6 +139,7 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         scorer=RewardScorer.for_task(task, cfg.rollout.reward_timeout_s),
         logger=RunLogger(run_dir, cfg.tensorboard, **_log_resume(resume, ckpt, state)),
         console=console, autocast=autocast_for(device, cfg.model.dtype), base_path=str(base_path), state=state,
+        critic=critic,
     )  # fmt: skip
 
 

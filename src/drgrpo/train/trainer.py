@@ -135,7 +135,7 @@ def _checkpoint(run: Run, step: int) -> Path:
     return save_checkpoint(
         run.run_dir, step, model=run.policy, tokenizer=run.tokenizer, optimizer=run.optimizer,
         state=state, config=run.config.to_dict(), generator=run.generator,
-        keep=run.config.keep_checkpoints,
+        keep=run.config.keep_checkpoints, extra=run.critic.save if run.critic else None,
     )  # fmt: skip
 
 
