@@ -30,9 +30,14 @@ class ModelConfig:
     """Compute dtype: float32 | bfloat16. Parameters and optimizer state stay float32 either way
     (master weights, so small updates are not rounded away); bfloat16 runs every forward and
     backward under bf16 autocast (CPU or CUDA) and keeps the frozen reference model in bf16."""
+    critic: str = "separate"
+    """PPO's value model (objective.baseline=value): separate (a copy of the base policy's trunk
+    with a scalar head, its own optimizer: the PPO-RLHF default) | shared (a scalar head on the
+    policy's trunk; the trunk learns from pg_loss + vf_coef * value_loss)."""
 
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+        _choice("model.critic", self.critic, ("separate", "shared"))
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"model.device={self.device!r}: use auto, cpu, cuda or cuda:N")
 

@@ -10,6 +10,10 @@ the reward/policy model, with its own parameters; TRL's PPOTrainer and verl's cr
 The head is initialised to zero (V = 0 at the start, as TRL's `value_model` head after
 `layer_init(std=0)`), so the first returns are the rewards themselves and no random value
 offsets bias the first advantages.
+
+The shared form (`ValueModel.on_policy`) is a head on the policy's own decoder (the same module,
+not a copy): one trunk, two heads, as in the original PPO's shared-parameter networks and older
+TRL versions (`AutoModelForCausalLMWithValueHead`).
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ class ValueModel(torch.nn.Module):
         trunk = copy.deepcopy(policy.get_decoder())
         trunk.requires_grad_(True)
         return cls(trunk, policy.config.hidden_size)
+
+    @classmethod
+    def on_policy(cls, policy: torch.nn.Module) -> ValueModel:
+        """A head on the policy's decoder itself (shared trunk: the policy's parameters)."""
+        return cls(policy.get_decoder(), policy.config.hidden_size)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int

@@ -3,12 +3,20 @@
 The critic is trained on the policy's own mini-batches (`update.run_updates` calls `Critic.step`
 once per optimizer step, with that step's normalizer Z) on
 
-    loss = vf_coef * Agg_Z( 0.5 * max((V - G)^2, (clip(V, V_old +- eps_v) - G)^2) )
+    loss_V = Agg_Z( 0.5 * max((V - G)^2, (clip(V, V_old +- eps_v) - G)^2) )
 
-(objective/value_loss.py). With separate parameters this is exactly the critic's share of
-TRL's joint loss pg_loss + vf_coef * vf_loss (its PolicyAndValueWrapper); AdamW is per-parameter,
-so two optimizers over the two parameter sets differ from TRL's one only in the learning rate
-and the gradient clip, which each model gets on its own here.
+(objective/value_loss.py), as `drgrpo explain formula ppo` prints it: vf_coef weights loss_V only
+where it shares parameters with the policy loss. A separate critic with its own AdamW needs no
+weight: TRL's joint loss pg_loss + vf_coef * vf_loss over disjoint parameter sets gives the critic
+the gradient vf_coef * grad loss_V, and AdamW's per-parameter update is invariant to that
+constant factor (up to its eps) - what is left is the critic's learning rate and its own
+gradient clip (optim.max_grad_norm applied to the critic's parameters alone).
+
+model.critic=shared puts the head on the policy's own trunk instead: `Critic.step` then adds
+vf_coef * grad loss_V into the trunk's gradients between the policy's backward and its optimizer
+step (run_updates calls it there), so the policy's AdamW steps the trunk on
+grad(pg_loss + vf_coef * loss_V), clipped together (TRL's joint loss); the critic's own AdamW
+holds the head alone.
 
 The critic's learning rate defaults to 10 x the policy's (`optim.critic_lr = 0`): the value head
 starts from zero and must fit the returns within a few steps, while the policy should move
@@ -42,6 +50,8 @@ class Critic:
     spec: ObjectiveSpec
     micro_batch_size: int = 0
     max_grad_norm: float = 1.0
+    shared: bool = False
+    """The head sits on the policy's trunk (model.critic=shared): only the head is the critic's."""
 
     @torch.no_grad()
     def values(self, input_ids, attention_mask, response_start: int) -> torch.Tensor:
@@ -65,14 +75,16 @@ class Critic:
                 values, micro.old_values, micro.returns, micro.loss_mask, normalizer,
                 aggregation=self.spec.aggregation, clip_eps=self.spec.value_clip_eps,
             )  # fmt: skip
-            (self.spec.vf_coef * loss).backward()
+            # separate: no weight (module docstring); shared: the trunk's share of the joint loss
+            (self.spec.vf_coef * loss if self.shared else loss).backward()
             m = micro.loss_mask
             stats["value_sum"] = (values.detach() * m).sum()
             stats["return_sum"] = (micro.returns * m).sum()
             stats["value_tokens"] = m.sum()
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        # the critic's own parameters only: a shared trunk's gradient is the policy's to clip
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or math.inf))
         if math.isfinite(sums["value_loss"]) and math.isfinite(norm):
             self.optimizer.step()
@@ -89,10 +101,14 @@ class Critic:
         """Weights and optimizer (and its schedule) into a checkpoint folder being written."""
         from safetensors.torch import save_file
 
-        weights = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+        weights = {k: v.contiguous() for k, v in self._own().state_dict().items()}
         save_file(weights, str(folder / WEIGHTS))
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
         torch.save(state, folder / OPTIMIZER)
+
+    def _own(self) -> torch.nn.Module:
+        """The critic's own parameters: the head when shared (the trunk is the policy's)."""
+        return self.model.head if self.shared else self.model
 
     def load(self, folder: Path) -> None:
         from safetensors.torch import load_file
@@ -104,7 +120,13 @@ class Critic:
                 f"{folder} has no {WEIGHTS}: it was saved by a run without a critic "
                 "(objective.baseline other than value); resume it with its own preset"
             )
-        self.model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
+        try:
+            self._own().load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"{folder / WEIGHTS} does not fit this critic (model.critic differs from the "
+                f"run that saved it?): {str(e)[:200]}"
+            ) from e
         state = torch.load(folder / OPTIMIZER, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -115,10 +137,11 @@ def build_critic(cfg, policy: torch.nn.Module, device: torch.device) -> Critic |
     call it before any checkpoint's weights are loaded into the policy (the base trunk)."""
     if cfg.objective.baseline != "value":
         return None
-    opt = cfg.optim
-    model = ValueModel.from_policy(policy).to(device=device, dtype=torch.float32)
+    opt, shared = cfg.optim, cfg.model.critic == "shared"
+    model = ValueModel.on_policy(policy) if shared else ValueModel.from_policy(policy)
+    model = model.to(device=device, dtype=torch.float32)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=opt.critic_lr or 10 * opt.lr, betas=opt.betas,
+        (model.head if shared else model).parameters(), lr=opt.critic_lr or 10 * opt.lr, betas=opt.betas,
         weight_decay=opt.weight_decay, fused=device.type in ("cpu", "cuda"),
     )  # fmt: skip
     total = cfg.steps * opt.updates_per_rollout * opt.mini_batches
@@ -126,7 +149,7 @@ def build_critic(cfg, policy: torch.nn.Module, device: torch.device) -> Critic |
         optimizer, lr_lambda(total, opt.warmup_steps, opt.schedule)
     )
     return Critic(model, optimizer, scheduler, cfg.objective, opt.micro_batch_size,
-                  opt.max_grad_norm)  # fmt: skip
+                  opt.max_grad_norm, shared)  # fmt: skip
 
 
 def critic_targets(critic: Critic, spec: ObjectiveSpec, outcome: torch.Tensor, rollouts,

@@ -48,7 +48,8 @@ def train(
         return begin.finished
     run = build_run(cfg, resume=resume, console=console)
     write_text_atomic(run.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-    console.print(render_formula(cfg.objective, truncated=cfg.rollout.truncated))
+    # markup off: the formulas hold brackets ([t = |y_i|], sg[...]) that rich would eat as tags
+    console.print(render_formula(cfg.objective, truncated=cfg.rollout.truncated), markup=False)
     console.print(f"run folder: {run.run_dir}   base policy: {run.base_path}")
     try:
         return _session(run, stop_at_step, start, progress)
