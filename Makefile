@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   the main job: SFT warm start (cached), Dr.GRPO training, held-out evaluation, plots
-#   make test   the whole test suite
+#   make test   the whole test suite (vLLM-on-CPU tests included: their venv is built first)
 # Both create .venv when it is missing and are safe to run again.
 
 PYTHON ?= python3
@@ -24,8 +24,19 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	@touch $@
 
-test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest
+# The suite includes the vLLM engine on CPU (in its own venv, built once: see vllm-venv below);
+# `make test VLLM_TESTS=0` skips building it (those tests are then skipped, and say why).
+VLLM_TESTS ?= 1
+ifeq ($(VLLM_TESTS),1)
+TEST_DEPS := setup vllm-venv
+TEST_ENV   = DRGRPO_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python
+else
+TEST_DEPS := setup
+TEST_ENV  :=
+endif
+
+test: $(TEST_DEPS)
+	$(TEST_ENV) HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 lint: setup
 	$(PY) -m ruff check src tests benchmarks

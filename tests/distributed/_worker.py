@@ -29,6 +29,7 @@ from drgrpo.objective import (  # noqa: E402
 )
 from drgrpo.rollout.hf_fast import LlamaStepper  # noqa: E402
 from drgrpo.train import distributed as D  # noqa: E402
+from drgrpo.train import sharded as S  # noqa: E402
 
 N, K, P, T, MICRO = 8, 4, 5, 7, 2  # 2 groups of 4; micro-batches of 2 rows
 MAX_TOKENS = T  # L_max, a config constant
@@ -159,7 +160,7 @@ def invariance(w) -> dict:
             name = f"{aggregation}/{constant}/kl={kl}"
             for mode in ("fsdp2", "replicate", "per_rank_z"):
                 if mode == "fsdp2":
-                    root = D.shard_model(new_model())
+                    root = S.shard_model(new_model())
                 else:
                     root = LogprobModel(new_model())
                     D.broadcast_parameters(root)
@@ -181,7 +182,7 @@ def uneven_and_guards(w) -> dict:
     spec = spec_for("token_mean", "num_sequences", 0.1)
     batch, rewards = global_batch(2, spec)
     want_loss, want_grad = local_reference(spec, batch)
-    root = D.shard_model(new_model())
+    root = S.shard_model(new_model())
     rows = range(0, 6) if w.rank == 0 else range(6, 8)
     loss, _, _ = step(root, spec, batch, rows, replicate=False)
     out["uneven"] = {"loss": abs(loss - want_loss) / abs(want_loss),
@@ -213,7 +214,7 @@ def uneven_and_guards(w) -> dict:
         if w.rank == 1:
             nan[6] = float("nan")
         poisoned = dataclasses.replace(batch, advantages=nan)
-        root = D.shard_model(new_model()) if mode == "fsdp2" else LogprobModel(new_model())
+        root = S.shard_model(new_model()) if mode == "fsdp2" else LogprobModel(new_model())
         *_, skip = step(root, spec, poisoned, range(w.rank * 4, w.rank * 4 + 4),
                         replicate=mode == "replicate")  # fmt: skip
         flags = [None] * w.world_size
@@ -229,7 +230,7 @@ def generation_under_fsdp2(root, batch) -> dict:
 
     prompts = [[1, 20, 15, 21], [1, 22], [1, 23, 15, 24, 30]]
     plain = HFRolloutEngine(new_model(), 2, 0).generate(prompts, max_new_tokens=8, seed=7)
-    with D.gathered(root):
+    with S.gathered(root):
         got = HFRolloutEngine(root.model, 2, 0).generate(prompts, max_new_tokens=8, seed=7)
     resharded = all(type(p).__name__ == "DTensor" for p in root.parameters())
     return {
@@ -259,7 +260,7 @@ def lora_under_fsdp2(w) -> dict:
         spec.aggregation, num_sequences=N, num_tokens=int(batch.response_mask.sum())
     )
     want_loss = backward(want, rank_micros(batch, range(N)), spec, z)
-    root = D.shard_model(adapted())
+    root = S.shard_model(adapted())
     half = range(w.rank * N // 2, (w.rank + 1) * N // 2)
     loss, _, _ = step(root, spec, batch, half, replicate=False)
     base = sequence_logprobs(new_model(), batch.input_ids, batch.attention_mask, P)[0].detach()
@@ -301,7 +302,7 @@ def dcp_first(out_dir: Path) -> dict:
     root = LogprobModel(new_model())
     optimizer = optimizer_for(root)
     trained_step(root, optimizer, 10)
-    D.save_checkpoint(out_dir / "ckpt_ws1", root, optimizer, {"step": 1})
+    S.save_checkpoint(out_dir / "ckpt_ws1", root, optimizer, {"step": 1})
     torch.save(torch.rand(3), out_dir / "draw_after_save.pt")  # the RNG stream a resume continues
     trained_step(root, optimizer, 11)
     torch.save(full_params(root), out_dir / "trajectory_step2.pt")
@@ -312,24 +313,24 @@ def dcp_at_two(w, out_dir: Path) -> dict:
     """World size 2 (FSDP2): resume the 1-process checkpoint (1 -> 2); and write a checkpoint
     after step 1 at 2 ranks, for the 2 -> 1 resume."""
     want = torch.load(out_dir / "trajectory_step2.pt")
-    root = D.shard_model(new_model())
+    root = S.shard_model(new_model())
     with torch.no_grad():  # start elsewhere, so the load has to do the work
         for p in root.parameters():
             p.add_(1.0)
     optimizer = optimizer_for(root)
-    state = D.load_checkpoint(out_dir / "ckpt_ws1", root, optimizer)
+    state = S.load_checkpoint(out_dir / "ckpt_ws1", root, optimizer)
     trained_step(root, optimizer, 11)
     got = full_params(root)
     one_to_two = max(relative(got[k], want[k]) for k in want)
-    export = D.full_state_dict(root)  # the HF export of a sharded run: rank 0 only
+    export = S.full_state_dict(root)  # the HF export of a sharded run: rank 0 only
     if w.is_main:
         export_equal = all(torch.equal(export[k], got[k]) for k in got) and len(export) >= len(got)
     else:
         export_equal = export is None
-    root = D.shard_model(new_model())
+    root = S.shard_model(new_model())
     optimizer = optimizer_for(root)
     trained_step(root, optimizer, 10)
-    D.save_checkpoint(out_dir / "ckpt_ws2", root, optimizer, {"step": 1})
+    S.save_checkpoint(out_dir / "ckpt_ws2", root, optimizer, {"step": 1})
     return {"one_to_two": one_to_two, "state": state, "export_equal": export_equal}
 
 
@@ -343,7 +344,7 @@ def dcp_resume(out_dir: Path) -> dict:
             for p in root.parameters():
                 p.add_(1.0)
         optimizer = optimizer_for(root)
-        state = D.load_checkpoint(out_dir / "ckpt_ws2", root, optimizer)
+        state = S.load_checkpoint(out_dir / "ckpt_ws2", root, optimizer)
         if fresh_optimizer:
             optimizer = optimizer_for(root)
         trained_step(root, optimizer, 11)
@@ -353,7 +354,7 @@ def dcp_resume(out_dir: Path) -> dict:
     result["state"] = state
     result["files"] = sorted(p.name for p in (out_dir / "ckpt_ws2").iterdir())
     # Same world size: this rank's RNG continues where the saving run's did.
-    state = D.load_checkpoint(out_dir / "ckpt_ws1", root, optimizer_for(root))
+    state = S.load_checkpoint(out_dir / "ckpt_ws1", root, optimizer_for(root))
     result["same_world_rng"] = [
         state["rng_restored"],
         bool(torch.equal(torch.rand(3), torch.load(out_dir / "draw_after_save.pt"))),

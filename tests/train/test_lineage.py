@@ -166,7 +166,7 @@ def test_overlong_shaping_shifts_the_rewards_by_the_soft_penalty(small_run, eos_
     real = loop.step_metrics
     monkeypatch.setattr(
         loop, "step_metrics",
-        lambda r, c, k, rollouts, *a: seen.append((r, rollouts.response_lengths)) or real(r, c, k, rollouts, *a),
+        lambda r, c, lengths, *a: seen.append((r, lengths)) or real(r, c, lengths, *a),
     )  # fmt: skip
     # L_max = 6, L_cache = round(0.5 * 6) = 3: R_len = 0 up to 3 tokens, -1/3, -2/3 at 4, 5,
     # -1 at 6 (truncated); times penalty 0.6: 0, -0.2, -0.4, -0.6.

@@ -102,6 +102,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="delete an earlier run in output_dir and start again")  # fmt: skip
     p.add_argument("--help-config", action="store_true", help="print every config field")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config, the formula, the first prompt as text and "
+                   "token ids, and the memory estimate; then exit")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -125,6 +128,11 @@ def _run_train(args: argparse.Namespace) -> int:
         cfg = build_config(args.config, preset=args.preset, overrides=args.overrides)
     from rich.console import Console
 
+    if args.dry_run:
+        from drgrpo.app.dry_run import dry_run
+
+        dry_run(cfg)
+        return 0
     from drgrpo.train.rl_step import TrainingError
     from drgrpo.train.trainer import train
 

@@ -8,6 +8,7 @@ import inspect
 import json
 import types
 import typing
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -22,9 +23,21 @@ def build_config(
     preset: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
 ) -> TrainConfig:
-    """Defaults, then a YAML/JSON file, then ``--preset``, then ``section.field=value`` overrides."""
+    """Defaults, then a YAML/JSON file, then ``--preset``, then ``section.field=value`` overrides.
+
+    ``--preset`` replaces the file's whole objective (its preset and its objective knobs, which
+    would otherwise silently mix two algorithms, e.g. grpo's name on Dr.GRPO's normalizer): the
+    dropped knobs are named in a warning. ``objective.KNOB=...`` overrides then apply on top.
+    """
     raw = _read_mapping(file)
     if preset is not None:
+        dropped = sorted(k for k in (raw.pop("objective", None) or {}) if k != "name")
+        if dropped:
+            warnings.warn(
+                f"--preset {preset} replaces the objective of {file}: its knobs {dropped} are "
+                "not used (give them as objective.KNOB=VALUE overrides to keep them)",
+                stacklevel=2,
+            )
         raw["preset"] = preset
     _apply_overrides(raw, overrides)
     return config_from_dict(raw)

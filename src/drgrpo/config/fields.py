@@ -50,6 +50,10 @@ class TaskConfig:
     """Task knobs passed to drgrpo.tasks.make_task, e.g. {k_min: 2, k_max: 5} or {path: data.jsonl}."""
 
 
+VLLM_OPTIONS = ("dtype", "gpu_memory_utilization", "max_model_len", "enforce_eager", "block_size",
+                "in_process", "sleep_mode")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class RolloutConfig:
     prompts_per_step: int = 16
@@ -65,6 +69,12 @@ class RolloutConfig:
     truncated: str = "keep"
     """What to do with a response that hit max_new_tokens: keep | mask_loss (no gradient) |
     zero_reward (scored 0)."""
+    engine: str = "hf"
+    """Who samples: hf (drgrpo's own KV-cached decode loop over the policy being trained) |
+    vllm (vLLM's offline engine; weights synced after every update; needs the vllm extra)."""
+    vllm: dict = field(default_factory=dict)
+    """vLLM engine options: dtype, gpu_memory_utilization, max_model_len, enforce_eager,
+    block_size, in_process, sleep_mode (see drgrpo.rollout.vllm.VLLMRolloutEngine)."""
     chunk_rows: int = 0
     """Rows generated per engine call (whole groups: a multiple of group_size); the KV cache and
     the decode batch then scale with this, not with prompts x samples. 0 = all N rows at once."""
@@ -98,6 +108,12 @@ class RolloutConfig:
         if not 0 < self.max_reward_fault_fraction <= 1:
             raise ValueError("rollout.max_reward_fault_fraction must be in (0, 1]")
         PromptTemplate.parse(self.prompt_template)  # raises naming the fix
+        _choice("rollout.engine", self.engine, ("hf", "vllm"))
+        unknown = set(self.vllm) - set(VLLM_OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"rollout.vllm has unknown option(s) {sorted(unknown)}; valid: {list(VLLM_OPTIONS)}"
+            )
 
     @property
     def num_sequences(self) -> int:
@@ -205,6 +221,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive("steps", self.steps)
         self.objective.check_group_size(self.rollout.group_size)
+        if self.objective.behavior_correction != "none" and self.rollout.top_p < 1:
+            raise ValueError(
+                "objective.behavior_correction needs rollout.top_p = 1: under top-p the sampler's "
+                "log-probs are renormalised over the nucleus, so the importance weights would be "
+                "wrong; set rollout.top_p=1 or objective.behavior_correction=none"
+            )
         if self.rollout.prompts_per_step % self.optim.mini_batches:
             raise ValueError(
                 f"optim.mini_batches={self.optim.mini_batches} must divide "

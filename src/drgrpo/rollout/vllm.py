@@ -124,17 +124,20 @@ class VLLMRolloutEngine:
             enable_sleep_mode=self.sleeps,
             **llm_kwargs,
         )
+        self._check_vocabulary()
+        self.pad_redraws = 0
+        """Pads rejected and redrawn so far (a diagnostic; tests read it)."""
+        self._asleep: set[str] = set()
+        self._send_tied_head = True  # these two are False only in the negative-control tests
+        self._reset_prefix_cache = True
+
+    def _check_vocabulary(self) -> None:
         config = self.llm.llm_engine.model_config
         self.max_model_len = config.max_model_len
         vocab = config.get_vocab_size()
         bad = sorted(i for i in self.stop_token_ids | {self.pad_token_id} if not 0 <= i < vocab)
         if bad:
             raise ValueError(f"stop/pad ids {bad} are outside the model's vocabulary of {vocab}")
-        self.pad_redraws = 0
-        """Pads rejected and redrawn so far (a diagnostic; tests read it)."""
-        self._asleep: set[str] = set()
-        self._send_tied_head = True  # these two are False only in the negative-control tests
-        self._reset_prefix_cache = True
 
     def generate(
         self,

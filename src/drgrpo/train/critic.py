@@ -132,11 +132,17 @@ class Critic:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-def build_critic(cfg, policy: torch.nn.Module, device: torch.device) -> Critic | None:
+def build_critic(cfg, policy: torch.nn.Module, device: torch.device,
+                 world_size: int = 1) -> Critic | None:  # fmt: skip
     """The critic of a baseline=value objective (None otherwise), from the policy as it is now:
     call it before any checkpoint's weights are loaded into the policy (the base trunk)."""
     if cfg.objective.baseline != "value":
         return None
+    if world_size > 1:
+        raise ValueError(
+            "objective.baseline=value (PPO's critic) runs in one process for now: its gradients "
+            "and the token whitening are not yet reduced across ranks; run it without torchrun"
+        )
     opt, shared = cfg.optim, cfg.model.critic == "shared"
     model = ValueModel.on_policy(policy) if shared else ValueModel.from_policy(policy)
     model = model.to(device=device, dtype=torch.float32)

@@ -140,3 +140,19 @@ def _truncate_after(path: Path, step: int) -> None:
         return
     keep = [json.dumps(row) for row in read_jsonl(path) if row["step"] <= step]
     write_text_atomic(path, "".join(line + "\n" for line in keep))
+
+
+class NullLogger:
+    """The logger of ranks > 0 under torchrun: rank 0 alone writes the run folder's logs."""
+
+    def log(self, step: int, metrics: dict) -> None:
+        pass
+
+    def write_lines(self, name: str, step: int, records: list[dict]) -> None:
+        pass
+
+    def sync(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        pass

@@ -12,20 +12,18 @@ import statistics
 
 import torch
 
-from drgrpo.rollout import Rollouts
-
 
 def step_metrics(
     rewards: torch.Tensor,  # (N,) the task's rewards (before any KL-in-reward shaping)
-    correct: torch.Tensor,  # (N,) bool
+    correct: torch.Tensor,  # (N,) bool or 0/1
+    lengths: torch.Tensor,  # (N,) response tokens, stop token included
+    truncated: torch.Tensor,  # (N,) bool or 0/1
     group_size: int,
-    rollouts: Rollouts,
-    truncated: torch.Tensor,  # (N,) bool
     totals: dict,
 ) -> dict:
     """The metrics of one RL step. `totals` come from `update.run_updates`: per-step means for
     losses, token sums for clipfrac / KL / entropy (divided here by the tokens they cover)."""
-    lengths = rollouts.response_lengths.float()  # (N,)
+    lengths, correct, truncated = lengths.float(), correct.bool(), truncated.float()
     grouped = rewards.reshape(-1, group_size)
     tokens = max(totals.get("tokens", 0.0), 1.0)
     return {
@@ -44,6 +42,14 @@ def step_metrics(
         "policy/kl": totals["kl_sum"] / tokens if "kl_sum" in totals else None,
         "policy/clipfrac": totals.get("clipped_tokens", 0.0) / tokens,
         "policy/entropy": totals["entropy_sum"] / tokens if "entropy_sum" in totals else None,
+        "rollout/mismatch_kl": (
+            totals["mismatch_kl_sum"] / tokens if "mismatch_kl_sum" in totals else None
+        ),
+        "policy/behavior_corrected_frac": (
+            totals["behavior_corrected_tokens"] / tokens
+            if "behavior_corrected_tokens" in totals
+            else None
+        ),
         "optim/grad_norm": totals["grad_norm"],
         "optim/skipped_steps": totals["skipped_steps"],
         "optim/steps": totals["optimizer_steps"],

@@ -25,6 +25,7 @@ from drgrpo.models.logprobs import sequence_logprobs
 from drgrpo.objective import compute_advantages, kl_penalized_rewards
 from drgrpo.rollout import Rollouts, concat_rollouts
 from drgrpo.tasks.scoring import RewardHealthError
+from drgrpo.train import distributed as D
 from drgrpo.train.critic import critic_metrics, critic_targets
 from drgrpo.train.metrics import step_metrics
 from drgrpo.train.run import Run
@@ -63,7 +64,7 @@ def rl_step(run: Run, step: int) -> dict:
                               cfg.rollout.max_new_tokens)  # fmt: skip
     ref_logprobs, shaped = reference(run, rollouts, rewards)
     if run.critic is None:
-        advantages = group_advantages(run, shaped)
+        advantages = group_advantages(run, shaped, scored.loss_mask.sum(dim=1))
         batch = build_batch(run, rollouts, scored.loss_mask, advantages, ref_logprobs)
     else:  # --- PPO: GAE over the critic's values at rollout time (train/critic.py) ---
         with run.autocast():
@@ -84,9 +85,12 @@ def rl_step(run: Run, step: int) -> dict:
         )  # fmt: skip
     run.engine.sync_weights(run.policy)
     t_train = time.perf_counter() - t1
-    metrics = step_metrics(
-        rewards, scored.correct, cfg.rollout.group_size, rollouts, scored.truncated, totals
-    )
+    # Reward and length metrics over the global batch (every rank's rows, rank 0's first).
+    gathered = [
+        D.gather_rewards(x.float())
+        for x in (rewards, scored.correct, rollouts.response_lengths, scored.truncated)
+    ]
+    metrics = step_metrics(*gathered, cfg.rollout.group_size, totals)
     metrics.update(scored.graded.metrics())
     metrics.update(sampling)
     if run.critic is not None:
@@ -98,7 +102,7 @@ def rl_step(run: Run, step: int) -> dict:
         "perf/tokens_per_s": float(rollouts.response_mask.sum()) / elapsed,
     })  # fmt: skip
     _log_samples(run, step, collected, rewards.tolist())
-    _check_health(run, metrics, scored.truncated)
+    _check_health(run, metrics)
     return metrics
 
 
@@ -109,6 +113,11 @@ def draw(run: Run, step: int) -> tuple[Collected, Scored, dict]:
     if not cfg.objective.dynamic_sampling:
         collected = collect(run)
         return collected, score(run, collected, step), {}
+    if run.world.world_size > 1:  # each rank would draw its own number of rounds
+        raise ValueError(
+            "objective.dynamic_sampling runs in one process for now (under torchrun the ranks "
+            "would draw different numbers of rounds): run it without torchrun"
+        )
 
     def one_round() -> tuple[Collected, Scored]:
         collected = collect(run)
@@ -120,11 +129,12 @@ def draw(run: Run, step: int) -> tuple[Collected, Scored, dict]:
 
 def collect(run: Run) -> Collected:
     """Step 1: B prompts from the data position on, K samples each."""
-    cfg, state = run.config, run.state
-    examples = [
-        run.task.train_example(state.data_pos + i) for i in range(cfg.rollout.prompts_per_step)
-    ]
-    state.data_pos += len(examples)
+    cfg, state, world = run.config, run.state, run.world
+    # Each rank takes its whole groups of the global batch: prompts rank*b .. rank*b + b - 1.
+    local = cfg.rollout.prompts_per_step // world.world_size
+    first = state.data_pos + world.rank * local
+    examples = [run.task.train_example(first + i) for i in range(local)]
+    state.data_pos += cfg.rollout.prompts_per_step
     k = cfg.rollout.group_size
     # Each prompt is encoded once and repeated: a group's rows are identical prompts.
     encoded = run.rule.encode_examples(run.tokenizer, examples)
@@ -155,8 +165,11 @@ def score(run: Run, collected: Collected, step: int) -> Scored:
         run.logger.write_lines("reward_faults.jsonl", step, graded.faults.examples)
     try:
         graded.faults.check(cfg.rollout.max_reward_fault_fraction)
+        unhealthy = None
     except RewardHealthError as e:
-        raise TrainingError(str(e)) from e
+        unhealthy = e
+    if D.any_rank(unhealthy is not None):  # every rank stops together, none hangs alone
+        raise TrainingError(str(unhealthy or "a reward function faulted on another rank"))
     rewards = torch.tensor(graded.rewards, dtype=torch.float32, device=run.device)  # (N,)
     correct = torch.tensor(graded.correct, dtype=torch.bool, device=run.device)
     truncated = torch.tensor([r == "length" for r in rollouts.finish_reason], device=run.device)
@@ -183,19 +196,27 @@ def reference(run: Run, rollouts: Rollouts, rewards: torch.Tensor):
     return ref_logprobs, rewards
 
 
-def group_advantages(run: Run, rewards: torch.Tensor) -> torch.Tensor:
-    """Step 4: A_i (N,) from the objective's baseline and scale knobs."""
+def group_advantages(run: Run, rewards: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Step 4: A_i (N,) from the objective's baseline and scale knobs, over the global batch
+    (every rank's rewards gathered: a batch std is the whole step's, whatever the world size)."""
     spec = run.config.objective
-    return compute_advantages(
-        rewards, run.config.rollout.group_size, baseline=spec.baseline, scale=spec.scale,
-        std_ddof=spec.std_ddof, eps=spec.adv_eps,
+    extra = {}
+    if spec.scale == "batch_whiten":  # needs |y_i| of every row of the global batch
+        extra["lengths"] = D.gather_rewards(lengths.to(rewards.dtype))
+    everyone = D.gather_rewards(rewards)
+    advantages = compute_advantages(
+        everyone, run.config.rollout.group_size, baseline=spec.baseline, scale=spec.scale,
+        std_ddof=spec.std_ddof, eps=spec.adv_eps, **extra,
     )  # fmt: skip
+    return advantages[D.local_rows(rewards.shape[0])]
 
 
 def needs_old_logprobs(run: Run) -> bool:
-    """One rollout feeding more than one optimizer step: every step after the first is off-policy."""
+    """One rollout feeding more than one optimizer step (every step after the first is
+    off-policy), or a behaviour correction (its weights compare pi_old with the sampler)."""
     optim = run.config.optim
-    return optim.updates_per_rollout * optim.mini_batches > 1
+    corrected = run.config.objective.behavior_correction != "none"
+    return optim.updates_per_rollout * optim.mini_batches > 1 or corrected
 
 
 def build_batch(run: Run, rollouts, loss_mask, advantages, ref_logprobs) -> TrainBatch:
@@ -207,6 +228,7 @@ def build_batch(run: Run, rollouts, loss_mask, advantages, ref_logprobs) -> Trai
         input_ids=rollouts.input_ids, attention_mask=rollouts.attention_mask,
         response_start=rollouts.response_start, loss_mask=loss_mask, advantages=advantages,
         old_logprobs=old_logprobs, ref_logprobs=ref_logprobs if keep_ref else None,
+        sampler_logprobs=rollouts.sampler_logprobs if spec.behavior_correction != "none" else None,
     )  # fmt: skip
 
 
@@ -233,9 +255,10 @@ def _log_samples(run: Run, step: int, collected: Collected, rewards: list[float]
     run.logger.write_lines("samples.jsonl", step, records)
 
 
-def _check_health(run: Run, metrics: dict, truncated: torch.Tensor) -> None:
+def _check_health(run: Run, metrics: dict) -> None:
+    """Decided on the global metrics, so every rank stops together."""
     cfg, state = run.config, run.state
-    state.no_eos_streak = state.no_eos_streak + 1 if bool(truncated.all()) else 0
+    state.no_eos_streak = state.no_eos_streak + 1 if metrics["rollout/truncated_frac"] == 1 else 0
     if state.no_eos_streak >= cfg.no_eos_patience:
         raise TrainingError(
             f"collapse: for {state.no_eos_streak} steps in a row no rollout emitted a stop token. "
@@ -245,7 +268,7 @@ def _check_health(run: Run, metrics: dict, truncated: torch.Tensor) -> None:
         )
     skipped = metrics["optim/skipped_steps"]
     state.nonfinite_streak = state.nonfinite_streak + skipped if skipped else 0
-    if skipped:
+    if skipped and run.world.is_main:
         run.console.print(
             f"[yellow]skipped {skipped} optimizer step(s): non-finite loss or gradient"
         )

@@ -24,8 +24,10 @@ from drgrpo.train.checkpoint import (
     load_training_state,
 )
 from drgrpo.train.critic import Critic, build_critic
-from drgrpo.train.logging import RunLogger
+from drgrpo.train.distributed import World, init_distributed, world
+from drgrpo.train.logging import NullLogger, RunLogger
 from drgrpo.train.policy import load_base_policy
+from drgrpo.train.preflight import check_context, longest_prompt, memory_report
 from drgrpo.util.schedule import lr_lambda
 
 
@@ -75,6 +77,7 @@ class Run:
     autocast: Callable
     base_path: str = ""
     state: RunState = field(default_factory=RunState)
+    world: World = field(default_factory=world)
     critic: Critic | None = None
     """PPO's value model, its optimizer and schedule (objective.baseline=value; train/critic.py)."""
 
@@ -96,51 +99,107 @@ def autocast_for(device: torch.device, compute_dtype: str) -> Callable:
     return nullcontext
 
 
+def sampler_seed(seed: int, rank: int) -> int:
+    """The sampling generator's seed on each rank (rank 0: the run's seed, as in one process)."""
+    return seed + 1_000_003 * rank
+
+
 def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     run_dir = Path(cfg.output_dir)
+    world = init_distributed()
+    if cfg.rollout.prompts_per_step % world.world_size:
+        raise ValueError(
+            f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the "
+            f"world size {world.world_size}: each rank generates and scores whole groups"
+        )
     # The newest complete, hash-verified checkpoint (None: resume from step 0).
     ckpt = latest_checkpoint(run_dir, say=console.print, missing_ok=True) if resume else None
     if ckpt is not None:
         check_compatible(ckpt, cfg.to_dict())
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    device = pick_device(cfg.model.device)
+    device = world.device if world.world_size > 1 else pick_device(cfg.model.device)
     policy, tokenizer, base_path = load_base_policy(cfg, console=console)
-    policy = policy.to(device=device, dtype=torch.float32)  # master weights (autocast_for)
     rule = TokenRule.from_tokenizer(
         tokenizer, getattr(policy, "generation_config", None),
         template=cfg.rollout.prompt_template,
     )  # fmt: skip
+    task = make_task(cfg.task.name, **cfg.task.options)
+    _preflight(cfg, policy.config, task, rule, tokenizer, device, console, world)
+    policy = policy.to(device=device, dtype=torch.float32)  # master weights (autocast_for)
     reference = None
     if cfg.objective.uses_reference or cfg.monitor_kl:
         # The reference is the base policy, frozen; on resume it is still the base, not the checkpoint.
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
         if cfg.model.dtype == "bfloat16":  # frozen: it needs no fp32 master copy
             reference = reference.to(torch.bfloat16)
-    critic = build_critic(cfg, policy, device)  # from the base trunk, before any checkpoint
+    critic = build_critic(cfg, policy, device, world.world_size)  # the base trunk: before a ckpt
     if ckpt is not None:
         check_model_matches(ckpt, policy)
         _load_weights(policy, ckpt / "model")
     optimizer, scheduler = _optimizer(cfg, policy, device)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(sampler_seed(cfg.seed, world.rank))
     state = RunState()
     if ckpt is not None:
         loaded = load_training_state(ckpt, optimizer=optimizer, generator=generator)
         scheduler.load_state_dict(loaded.pop("scheduler"))
+        _restore_rank_generator(loaded.pop("rank_rng", None), generator, cfg, world, loaded,
+                                console)  # fmt: skip
         state = RunState.from_json(loaded)
         if critic is not None:
             critic.load(ckpt)
-    task = make_task(cfg.task.name, **cfg.task.options)
     return Run(
         config=cfg, run_dir=run_dir, device=device, policy=policy, reference=reference,
         tokenizer=tokenizer, rule=rule, task=task,
-        engine=HFRolloutEngine(policy, rule.stop_ids, rule.pad_id),
+        engine=_engine(cfg, policy, tokenizer, rule, run_dir, device),
         optimizer=optimizer, scheduler=scheduler, generator=generator,
         scorer=RewardScorer.for_task(task, cfg.rollout.reward_timeout_s),
-        logger=RunLogger(run_dir, cfg.tensorboard, **_log_resume(resume, ckpt, state)),
-        console=console, autocast=autocast_for(device, cfg.model.dtype), base_path=str(base_path), state=state,
-        critic=critic,
+        logger=RunLogger(run_dir, cfg.tensorboard, **_log_resume(resume, ckpt, state))
+        if world.is_main else NullLogger(),
+        console=console, autocast=autocast_for(device, cfg.model.dtype), base_path=str(base_path),
+        state=state, world=world, critic=critic,
     )  # fmt: skip
+
+
+def _preflight(cfg, model_config, task, rule, tokenizer, device, console, world) -> None:
+    """Before the weights move to the device: the context check, the memory estimate."""
+    tokens = longest_prompt(cfg, task, rule, tokenizer)
+    check_context(cfg, model_config, tokens)
+    if world.is_main:
+        console.print(memory_report(cfg, model_config, tokens, device))
+
+
+def _restore_rank_generator(saved, generator, cfg, world, loaded: dict, console) -> None:
+    """Every rank's sampling state from the checkpoint when the world size is the same (rank 0's
+    is the checkpoint's own rng.pt); on another world size, ranks > 0 start anew from
+    (seed, step, rank): the run continues, not bit-identically."""
+    if world.world_size == 1:
+        return
+    if saved is not None and len(saved) == world.world_size:
+        generator.set_state(torch.tensor(saved[world.rank], dtype=torch.uint8))
+        return
+    if world.is_main:
+        console.print("[yellow]checkpoint from another world size: ranks > 0 reseed sampling")
+    else:
+        generator.manual_seed(sampler_seed(cfg.seed, world.rank) + 7_919 * int(loaded["step"]))
+
+
+def _engine(cfg, policy, tokenizer, rule: TokenRule, run_dir: Path, device) -> RolloutEngine:
+    """The rollout engine: drgrpo's HF decode loop, or vLLM started from the current weights
+    (written to run_dir/vllm_init: the base, or the resumed checkpoint's weights)."""
+    if cfg.rollout.engine == "hf":
+        return HFRolloutEngine(policy, rule.stop_ids, rule.pad_id)
+    from drgrpo.rollout.vllm import VLLMRolloutEngine
+
+    folder = run_dir / "vllm_init"
+    policy.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    options = {"enforce_eager": device.type != "cuda", "in_process": False,
+               "dtype": "bfloat16" if cfg.model.dtype == "bfloat16" else "float32",
+               **cfg.rollout.vllm}  # fmt: skip
+    return VLLMRolloutEngine(
+        folder, stop_token_ids=rule.stop_ids, pad_token_id=rule.pad_id, seed=cfg.seed, **options
+    )
 
 
 def _log_resume(resume: bool, ckpt: Path | None, state: RunState) -> dict:

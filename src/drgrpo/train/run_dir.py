@@ -31,7 +31,8 @@ KILL_ENV = "DRGRPO_KILL_AT"
 _reached: dict[str, int] = {}
 # What a run writes; --overwrite deletes these and nothing else (a user's own files stay).
 RUN_FILES = ("config.json", "metrics.jsonl", "samples.jsonl", "reward_faults.jsonl",
-             "summary.json", "checkpoints", "tensorboard", "plots", "final")  # fmt: skip
+             "summary.json", "checkpoints", "tensorboard", "plots", "final",
+             "vllm_init")  # fmt: skip
 # Any of these means the folder holds a run that a fresh start would mix with.
 _EARLIER_RUN = ("metrics.jsonl", "summary.json", "checkpoints")
 

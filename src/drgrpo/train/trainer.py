@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from rich.console import Console
 from tqdm.auto import tqdm
@@ -15,6 +14,7 @@ from tqdm.auto import tqdm
 from drgrpo.config import TrainConfig
 from drgrpo.eval import evaluate
 from drgrpo.objective import render_formula
+from drgrpo.train import distributed as D
 from drgrpo.train.checkpoint import save_checkpoint
 from drgrpo.train.export import export_model
 from drgrpo.train.metrics import eval_metrics, summarize
@@ -40,17 +40,24 @@ def train(
     (for resume tests); the run is then continued with `resume=True`. `overwrite` clears an
     earlier run in the folder (a fresh start there is refused otherwise, `run_dir.py`).
     """
+    world = D.init_distributed()  # one process unless launched by torchrun
     console = console or Console()
+    if not world.is_main:
+        console, progress = Console(quiet=True), False  # rank 0 speaks and writes for all
     start = time.perf_counter()
-    begin = open_run_dir(cfg.output_dir, steps=cfg.steps, resume=resume, overwrite=overwrite,
-                         say=console.print)  # fmt: skip
-    if begin.finished is not None:
-        return begin.finished
+    finished = None
+    if world.is_main:  # the run folder's rules (refuse, overwrite, finished) are decided once
+        finished = open_run_dir(cfg.output_dir, steps=cfg.steps, resume=resume,
+                                overwrite=overwrite, say=console.print).finished  # fmt: skip
+    if D.any_rank(finished is not None):
+        return finished or {}
     run = build_run(cfg, resume=resume, console=console)
-    write_text_atomic(run.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if world.is_main:
+        write_text_atomic(run.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     # markup off: the formulas hold brackets ([t = |y_i|], sg[...]) that rich would eat as tags
     console.print(render_formula(cfg.objective, truncated=cfg.rollout.truncated), markup=False)
-    console.print(f"run folder: {run.run_dir}   base policy: {run.base_path}")
+    console.print(f"run folder: {run.run_dir}   base policy: {run.base_path}   "
+                  f"processes: {world.world_size}")  # fmt: skip
     try:
         return _session(run, stop_at_step, start, progress)
     finally:
@@ -81,12 +88,15 @@ def _session(run: Run, stop_at_step: int | None, start: float, progress: bool) -
     summary = summarize(cfg.objective.name, run.state.base_eval, final,
                         time.perf_counter() - start, step)  # fmt: skip
     summary["run_dir"] = str(run.run_dir)
-    final_dir = export_model(
-        run.policy, run.tokenizer, run.rule, run.run_dir / "final",
-        source={"run_dir": str(run.run_dir), "step": step, "config": cfg.to_dict()},
-    )  # fmt: skip
-    summary["final_model"] = str(final_dir)
-    write_text_atomic(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    summary["final_model"] = str(run.run_dir / "final")
+    summary["world_size"] = run.world.world_size
+    if run.world.is_main:
+        export_model(
+            run.policy, run.tokenizer, run.rule, run.run_dir / "final",
+            source={"run_dir": str(run.run_dir), "step": step, "config": cfg.to_dict()},
+        )  # fmt: skip
+        write_text_atomic(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    D.barrier()
     return summary
 
 
@@ -129,15 +139,23 @@ def _train_steps(run: Run, step: int, last: int, start: float, progress: bool,
     return step
 
 
-def _checkpoint(run: Run, step: int) -> Path:
-    state = {k: v for k, v in run.state.to_json().items() if k != "step"}
-    state["scheduler"] = run.scheduler.state_dict()
-    state["log_sizes"] = run.logger.sync()  # resume cuts the logs back to these
-    return save_checkpoint(
-        run.run_dir, step, model=run.policy, tokenizer=run.tokenizer, optimizer=run.optimizer,
-        state=state, config=run.config.to_dict(), generator=run.generator,
-        keep=run.config.keep_checkpoints, extra=run.critic.save if run.critic else None,
-    )  # fmt: skip
+def _checkpoint(run: Run, step: int) -> None:
+    """Rank 0 writes the checkpoint (the policy and optimizer are replicated, so its copy is
+    everyone's); every rank's sampling state goes into it, so a resume on the same world size
+    continues each rank exactly."""
+    rank_rng = D.gather_objects(run.generator.get_state().tolist())
+    if run.world.is_main:
+        state = {k: v for k, v in run.state.to_json().items() if k != "step"}
+        state["scheduler"] = run.scheduler.state_dict()
+        state["log_sizes"] = run.logger.sync()  # resume cuts the logs back to these
+        if run.world.world_size > 1:
+            state["rank_rng"] = rank_rng
+        save_checkpoint(
+            run.run_dir, step, model=run.policy, tokenizer=run.tokenizer, optimizer=run.optimizer,
+            state=state, config=run.config.to_dict(), generator=run.generator,
+            keep=run.config.keep_checkpoints, extra=run.critic.save if run.critic else None,
+        )  # fmt: skip
+    D.barrier()
 
 
 def _fmt(value: float | None) -> str:

@@ -19,6 +19,7 @@ import torch
 from drgrpo.config import OptimConfig
 from drgrpo.models.logprobs import sequence_logprobs
 from drgrpo.objective import ObjectiveSpec, compute_normalizer, objective_loss
+from drgrpo.train import distributed as D
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class TrainBatch:
     advantages: torch.Tensor  # (N,), or (N, T) token-level (baseline=value: GAE)
     old_logprobs: torch.Tensor | None = None  # (N, T); None: on-policy, ratio exactly 1
     ref_logprobs: torch.Tensor | None = None  # (N, T); None: no KL term in the loss
+    sampler_logprobs: torch.Tensor | None = None  # (N, T); the engine's, for behaviour correction
     old_values: torch.Tensor | None = None  # (N, T) the critic's V at rollout (train/critic.py)
     returns: torch.Tensor | None = None  # (N, T) the critic's targets G
 
@@ -61,7 +63,8 @@ class TrainBatch:
             "attention_mask": self.attention_mask[:, first : p + t],
             "response_start": p - first,
         }
-        for name in ("loss_mask", "old_logprobs", "ref_logprobs", "old_values", "returns"):
+        for name in ("loss_mask", "old_logprobs", "ref_logprobs", "sampler_logprobs",
+                     "old_values", "returns"):  # fmt: skip
             value = getattr(self, name)
             out[name] = None if value is None else value[:, :t]
         if self.advantages.dim() == 2:  # token-level advantages (N, T)
@@ -70,11 +73,14 @@ class TrainBatch:
 
 
 def normalizer_for(spec: ObjectiveSpec, batch: TrainBatch, max_tokens: int) -> float:
-    """Z for one optimizer step, from counts over its whole batch (sums: all-reducible)."""
+    """Z for one optimizer step, from counts over its whole batch on every rank (the counts
+    are sums, all-reduced under torchrun; max_tokens is a constant), so Z never depends on the
+    world size or the micro-batch size."""
+    num_sequences, num_tokens = D.global_counts(len(batch), int(batch.loss_mask.sum()))
     return compute_normalizer(
         spec.aggregation,
-        num_sequences=len(batch),
-        num_tokens=int(batch.loss_mask.sum()),
+        num_sequences=num_sequences,
+        num_tokens=num_tokens,
         max_tokens=max_tokens,
         constant_normalizer=spec.constant_normalizer,
     )
@@ -111,7 +117,7 @@ def accumulate_gradients(
         old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
         loss, stats = objective_loss(
             spec, logprobs, old, micro.advantages, micro.loss_mask, normalizer,
-            ref_logprobs=micro.ref_logprobs,
+            ref_logprobs=micro.ref_logprobs, sampler_logprobs=micro.sampler_logprobs,
         )  # fmt: skip
         loss.backward()
         stats["loss"] = loss.detach()
@@ -161,9 +167,10 @@ def run_updates(
             # --- PPO's critic: the same mini-batch and Z (train/critic.py) ---
             for key, value in (critic_step(mini, z) if critic_step else {}).items():
                 critic_sums[key] = critic_sums.get(key, 0.0) + value
+            D.replicate_gradients(model)  # sum over ranks (each rank's loss is divided by Z)
             norm = _grad_norm(model, optim.max_grad_norm)
             steps += 1
-            if not (math.isfinite(stats["loss"]) and math.isfinite(norm)):
+            if D.any_rank(not (math.isfinite(stats["loss"]) and math.isfinite(norm))):
                 skipped += 1
                 optimizer.zero_grad(set_to_none=True)
                 continue
@@ -173,6 +180,8 @@ def run_updates(
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
     done = len(grad_norms)
+    keys = sorted(sums)  # the same order on every rank
+    sums = dict(zip(keys, D.all_sum([sums[k] for k in keys]), strict=True))
     totals = {k: (v / done if k in _PER_STEP else v) for k, v in sums.items()}
     totals["grad_norm"] = sum(grad_norms) / done if done else float("nan")
     totals["skipped_steps"] = skipped
