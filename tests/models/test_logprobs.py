@@ -107,3 +107,49 @@ def test_rejects_bad_arguments(model64):
         sequence_logprobs(model64, ids, mask, 0)
     with pytest.raises(ValueError, match="temperature"):
         sequence_logprobs(model64, ids, mask, p, temperature=0.0)
+
+
+def _checkpointing_grads(model64, ids, mask):
+    import copy
+
+    out = []
+    for checkpoint in (False, True):
+        model = copy.deepcopy(model64).train()
+        if checkpoint:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        logprobs, _ = sequence_logprobs(model, ids, mask, 5)
+        (logprobs * torch.linspace(-1, 1, 4, dtype=logprobs.dtype)).sum().backward()
+        out.append((logprobs.detach(), [p.grad.clone() for p in model.parameters()]))
+    return out
+
+
+def test_gradient_checkpointing_gives_the_same_log_probs_and_gradients(model64):
+    """Activation checkpointing is a memory setting only: same log-probs, same gradients."""
+    torch.manual_seed(0)
+    ids = torch.randint(4, 90, (4, 9))  # distinct prompts: the same path with and without
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, 7:] = False
+    (a, grads_a), (b, grads_b) = _checkpointing_grads(model64, ids, mask)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    for x, y in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
+
+
+def test_gradient_checkpointing_skips_the_shared_prompt_path(model64):
+    """Rows sharing a prompt: HF turns the layers' cache off under checkpointing, so the shared-
+    prompt path (which needs it) must not run; every row runs its own prompt instead. The two
+    paths differ only by HF's float32 RMSNorm rounding (~1e-6), not by a wrong cache."""
+    from drgrpo.models.forward import activation_checkpointing
+
+    torch.manual_seed(0)
+    ids = torch.randint(4, 90, (6, 9))
+    ids[:3, :5] = ids[0, :5]
+    ids[3:, :5] = ids[3, :5]
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    (a, grads_a), (b, grads_b) = _checkpointing_grads(model64, ids, mask)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    for x, y in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    assert not activation_checkpointing(model64.eval())

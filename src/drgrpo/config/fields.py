@@ -35,6 +35,10 @@ class ModelConfig:
     with a scalar head, its own optimizer: the PPO-RLHF default) | shared (a scalar head on the
     policy's trunk; the trunk learns from pg_loss + vf_coef * value_loss)."""
 
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in backward instead of keeping them: the
+    training peak shrinks to about one layer's activations, for about one more forward."""
+
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
         _choice("model.critic", self.critic, ("separate", "shared"))

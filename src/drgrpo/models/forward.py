@@ -50,7 +50,11 @@ class LogprobModel(torch.nn.Module):
     ) -> Stats:  # (N, T) each
         check_arguments(input_ids, response_start, temperature, chunk_size)
         args = (temperature, chunk_size, with_entropy)
-        prompts = lp.shared_prompts(input_ids, attention_mask, response_start)
+        # Under activation checkpointing in training, HF turns the layers' cache off, so the
+        # prompts' keys and values cannot be shared: every row runs its own prompt.
+        checkpointing = torch.is_grad_enabled() and activation_checkpointing(self.model)
+        prompts = None if checkpointing else lp.shared_prompts(input_ids, attention_mask,
+                                                               response_start)  # fmt: skip
         buckets = lp.length_buckets(attention_mask, response_start)
         if prompts is None and len(buckets) == 1:
             return self._padded(input_ids, attention_mask, response_start, *args)
@@ -137,6 +141,13 @@ class LogprobModel(torch.nn.Module):
         head = output_head(self.model)  # a softcapped head is not a plain Linear: generic path
         return lp.response_stats(head, hidden, targets, valid, temperature, chunk_size,
                                  with_entropy)  # fmt: skip
+
+
+def activation_checkpointing(model) -> bool:
+    """Whether a HF model in training mode recomputes its layers in backward (the flag HF sets
+    on its checkpointed modules; read directly, so peft wrappers and any version agree)."""
+    return model.training and any(getattr(m, "gradient_checkpointing", False) is True
+                                  for m in model.modules())  # fmt: skip
 
 
 def check_arguments(input_ids, response_start, temperature, chunk_size) -> None:

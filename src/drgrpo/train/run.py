@@ -127,6 +127,8 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     task = make_task(cfg.task.name, **cfg.task.options)
     _preflight(cfg, policy.config, task, rule, tokenizer, device, console, world)
     policy = policy.to(device=device, dtype=torch.float32)  # master weights (autocast_for)
+    if cfg.model.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reference = None
     if cfg.objective.uses_reference or cfg.monitor_kl:
         # The reference is the base policy, frozen; on resume it is still the base, not the checkpoint.
