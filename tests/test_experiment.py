@@ -14,7 +14,7 @@ from drgrpo.app.experiments.report import final_values
 @pytest.fixture(scope="module")
 def lineage_report(tiny_policy_dir, tmp_path_factory, dense_reward_module):
     out = tmp_path_factory.mktemp("lineage")
-    rc = main(["experiment", "lineage", "--quick", "--presets", "grpo,dr_grpo", "--seeds", "1",
+    rc = main(["experiment", "lineage", "--quick", "--presets", "grpo,dr_grpo,ppo", "--seeds", "1",
                "--steps", "2", "--no-control", "--output", str(out), f"model.base={tiny_policy_dir}",
                "rollout.prompts_per_step=2", "rollout.group_size=3", "rollout.max_new_tokens=8",
                "eval.num_prompts=2", "eval.num_samples=1", "eval.ks=[1]", "optim.lr=1e-2"])  # fmt: skip
@@ -60,6 +60,10 @@ def test_report_table_is_computed_from_the_metrics_it_names(lineage_report):
         assert table["reward/mean"]["mean"] == pytest.approx(sum(last) / len(last))
     for name in ("eval_accuracy.png", "rollout_len_incorrect.png", "policy_kl.png"):
         assert (report / name).is_file()
+    # ppo (a learned critic) is a row of the report like the others, with its critic's column
+    assert "| ppo |" in summary
+    assert result["final"]["ppo"]["value/explained_variance"]["mean"] is not None
+    assert result["final"]["grpo"]["value/explained_variance"]["mean"] is None
     ratios = result["length_penalty_ratio"]
     assert set(ratios) >= {"note"} or {"grpo", "dr_grpo"} <= set(ratios)
 

@@ -30,6 +30,10 @@ class ModelConfig:
     """Compute dtype: float32 | bfloat16. Parameters and optimizer state stay float32 either way
     (master weights, so small updates are not rounded away); bfloat16 runs every forward and
     backward under bf16 autocast (CPU or CUDA) and keeps the frozen reference model in bf16."""
+    critic: str = "separate"
+    """PPO's value model (objective.baseline=value): separate (a copy of the base policy's trunk
+    with a scalar head, its own optimizer: the PPO-RLHF default) | shared (a scalar head on the
+    policy's trunk; the trunk learns from pg_loss + vf_coef * value_loss)."""
 
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in backward instead of keeping them: the
@@ -37,6 +41,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+        _choice("model.critic", self.critic, ("separate", "shared"))
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"model.device={self.device!r}: use auto, cpu, cuda or cuda:N")
 
@@ -142,12 +147,20 @@ class OptimConfig:
     parts of whole groups (group-aligned; must divide rollout.prompts_per_step)."""
     micro_batch_size: int = 0
     """Sequences per forward/backward (a memory setting only; 0 = the whole mini-batch)."""
+    critic_lr: float = 0.0
+    """AdamW learning rate of PPO's critic (objective.baseline=value; 0 = 10 x optim.lr, as in
+    verl's PPO examples: the zero-initialised value head must fit the returns quickly). It
+    follows the policy's schedule; betas, weight decay and max_grad_norm are shared."""
 
     def __post_init__(self) -> None:
         _positive("optim.lr", self.lr)
         _positive("optim.updates_per_rollout", self.updates_per_rollout)
         _positive("optim.mini_batches", self.mini_batches)
         _choice("optim.schedule", self.schedule, ("constant", "linear", "cosine"))
+        if self.critic_lr < 0:
+            raise ValueError(
+                f"optim.critic_lr must be >= 0 (0 = 10 x optim.lr), got {self.critic_lr}"
+            )
         if self.micro_batch_size < 0 or self.warmup_steps < 0 or self.max_grad_norm < 0:
             raise ValueError("optim.micro_batch_size, warmup_steps and max_grad_norm must be >= 0")
 
@@ -217,12 +230,6 @@ class TrainConfig:
                 "objective.behavior_correction needs rollout.top_p = 1: under top-p the sampler's "
                 "log-probs are renormalised over the nucleus, so the importance weights would be "
                 "wrong; set rollout.top_p=1 or objective.behavior_correction=none"
-            )
-
-        if self.objective.baseline == "value":
-            raise ValueError(
-                "objective.baseline=value needs a learned value head, which this trainer does not "
-                "have yet: use a group baseline (e.g. --preset grpo or objective.baseline=group_mean)"
             )
         if self.rollout.prompts_per_step % self.optim.mini_batches:
             raise ValueError(

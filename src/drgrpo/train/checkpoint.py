@@ -8,6 +8,9 @@ A checkpoint is a folder `checkpoints/step-000050/` holding:
     state.json         step, data position, scheduler state, counters, Python RNG, base eval,
                        the size of each log at save time (resume truncates the logs to it)
     config.json        the resolved config of the run
+    critic.safetensors, critic_optimizer.pt
+                       PPO's critic (weights; optimizer and schedule), when the run has one
+                       (written by the `extra` callback, before the manifest that covers them)
     manifest.json      every other file's size and sha256, written LAST: it marks the folder
                        complete, and the loader checks the hashes against it
 
@@ -61,7 +64,9 @@ class CorruptCheckpoint(CheckpointError):
 
 
 def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, state: dict,
-                    config: dict, generator: torch.Generator, keep: int) -> Path:  # fmt: skip
+                    config: dict, generator: torch.Generator, keep: int,
+                    extra: Callable[[Path], None] | None = None) -> Path:  # fmt: skip
+    """`extra(folder)` writes more files into the checkpoint (the critic's), under the manifest."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     _recover(root, say=lambda _: None)  # leftovers of an earlier failed save in this process
@@ -76,6 +81,8 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, st
     full_state = {**state, "step": step, "python_rng": _py_rng_to_json(random.getstate())}
     (tmp / "state.json").write_text(json.dumps(full_state, indent=1))
     (tmp / "config.json").write_text(json.dumps(config, indent=1))
+    if extra is not None:
+        extra(tmp)
     kill_point("checkpoint.before_manifest")
     _write_manifest(tmp, step)
     kill_point("checkpoint.after_manifest")

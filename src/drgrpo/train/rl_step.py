@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -26,8 +26,10 @@ from drgrpo.objective import compute_advantages, kl_penalized_rewards
 from drgrpo.rollout import Rollouts, concat_rollouts
 from drgrpo.tasks.scoring import RewardHealthError
 from drgrpo.train import distributed as D
+from drgrpo.train.critic import critic_metrics, critic_targets
 from drgrpo.train.metrics import step_metrics
 from drgrpo.train.run import Run
+from drgrpo.train.sampling import dynamic_batch, overlong_shaped
 from drgrpo.train.update import TrainBatch, run_updates
 
 
@@ -54,12 +56,23 @@ class Scored:
 def rl_step(run: Run, step: int) -> dict:
     cfg = run.config
     t0 = time.perf_counter()
-    collected = collect(run)
+    collected, scored, sampling = draw(run, step)
     t_rollout = time.perf_counter() - t0
-    scored = score(run, collected, step)
-    ref_logprobs, shaped = reference(run, collected.rollouts, scored.rewards)
-    advantages = group_advantages(run, shaped, scored.loss_mask.sum(dim=1))
-    batch = build_batch(run, collected.rollouts, scored.loss_mask, advantages, ref_logprobs)
+    rollouts, spec = collected.rollouts, cfg.objective
+    # DAPO's overlong shaping, before the advantages and before any KL in the reward
+    rewards = overlong_shaped(spec, scored.rewards, rollouts.response_lengths,
+                              cfg.rollout.max_new_tokens)  # fmt: skip
+    ref_logprobs, shaped = reference(run, rollouts, rewards)
+    if run.critic is None:
+        advantages = group_advantages(run, shaped, scored.loss_mask.sum(dim=1))
+        batch = build_batch(run, rollouts, scored.loss_mask, advantages, ref_logprobs)
+    else:  # --- PPO: GAE over the critic's values at rollout time (train/critic.py) ---
+        with run.autocast():
+            advantages, returns, old_values, explained = critic_targets(
+                run.critic, spec, rewards, rollouts, scored.loss_mask, ref_logprobs
+            )  # advantages, returns, old_values: (N, T)
+        batch = build_batch(run, rollouts, scored.loss_mask, advantages, ref_logprobs)
+        batch = replace(batch, old_values=old_values, returns=returns)
 
     t1 = time.perf_counter()
     run.policy.train()
@@ -68,26 +81,50 @@ def rl_step(run: Run, step: int) -> dict:
             run.policy, run.optimizer, run.scheduler, batch, cfg.objective, cfg.optim,
             max_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
             generator=run.generator, group_size=cfg.rollout.group_size,
+            critic_step=run.critic.step if run.critic else None,
         )  # fmt: skip
     run.engine.sync_weights(run.policy)
     t_train = time.perf_counter() - t1
-    rollouts = collected.rollouts
     # Reward and length metrics over the global batch (every rank's rows, rank 0's first).
     gathered = [
         D.gather_rewards(x.float())
-        for x in (scored.rewards, scored.correct, rollouts.response_lengths, scored.truncated)
+        for x in (rewards, scored.correct, rollouts.response_lengths, scored.truncated)
     ]
     metrics = step_metrics(*gathered, cfg.rollout.group_size, totals)
     metrics.update(scored.graded.metrics())
+    metrics.update(sampling)
+    if run.critic is not None:
+        metrics.update(critic_metrics(totals, explained))
     elapsed = time.perf_counter() - t0
     metrics.update({
         "optim/lr": run.scheduler.get_last_lr()[0],
         "perf/rollout_s": t_rollout, "perf/train_s": t_train, "perf/step_s": elapsed,
         "perf/tokens_per_s": float(rollouts.response_mask.sum()) / elapsed,
     })  # fmt: skip
-    _log_samples(run, step, collected, scored.rewards.tolist())
+    _log_samples(run, step, collected, rewards.tolist())
     _check_health(run, metrics)
     return metrics
+
+
+def draw(run: Run, step: int) -> tuple[Collected, Scored, dict]:
+    """Steps 1-2: one collect + score, or DAPO's dynamic sampling over rounds of them
+    (train/sampling.py); the dict holds the rollout/sampling_* metrics (empty without)."""
+    cfg = run.config
+    if not cfg.objective.dynamic_sampling:
+        collected = collect(run)
+        return collected, score(run, collected, step), {}
+    if run.world.world_size > 1:  # each rank would draw its own number of rounds
+        raise ValueError(
+            "objective.dynamic_sampling runs in one process for now (under torchrun the ranks "
+            "would draw different numbers of rounds): run it without torchrun"
+        )
+
+    def one_round() -> tuple[Collected, Scored]:
+        collected = collect(run)
+        return collected, score(run, collected, step)
+
+    return dynamic_batch(one_round, cfg.rollout.prompts_per_step, cfg.rollout.group_size,
+                         cfg.objective.max_sampling_rounds, run.rule.pad_id)  # fmt: skip
 
 
 def collect(run: Run) -> Collected:
@@ -150,7 +187,8 @@ def reference(run: Run, rollouts: Rollouts, rewards: torch.Tensor):
     if not (spec.uses_reference or cfg.monitor_kl):
         return None, rewards
     ref_logprobs = _logprobs(run, run.reference, rollouts)
-    if spec.uses_reference and spec.kl_placement == "reward":
+    # baseline=value puts the KL on every token instead (objective.critic_advantages)
+    if spec.uses_reference and spec.kl_placement == "reward" and spec.baseline != "value":
         rewards = kl_penalized_rewards(
             rewards, rollouts.sampler_logprobs, ref_logprobs, rollouts.response_mask,
             kl_coef=spec.kl_coef, estimator=spec.kl_estimator,

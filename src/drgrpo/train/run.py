@@ -23,6 +23,7 @@ from drgrpo.train.checkpoint import (
     latest_checkpoint,
     load_training_state,
 )
+from drgrpo.train.critic import Critic, build_critic
 from drgrpo.train.distributed import World, init_distributed, world
 from drgrpo.train.logging import NullLogger, RunLogger
 from drgrpo.train.policy import load_base_policy
@@ -77,6 +78,8 @@ class Run:
     base_path: str = ""
     state: RunState = field(default_factory=RunState)
     world: World = field(default_factory=world)
+    critic: Critic | None = None
+    """PPO's value model, its optimizer and schedule (objective.baseline=value; train/critic.py)."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -132,6 +135,7 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
         if cfg.model.dtype == "bfloat16":  # frozen: it needs no fp32 master copy
             reference = reference.to(torch.bfloat16)
+    critic = build_critic(cfg, policy, device, world.world_size)  # the base trunk: before a ckpt
     if ckpt is not None:
         check_model_matches(ckpt, policy)
         _load_weights(policy, ckpt / "model")
@@ -144,6 +148,8 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         _restore_rank_generator(loaded.pop("rank_rng", None), generator, cfg, world, loaded,
                                 console)  # fmt: skip
         state = RunState.from_json(loaded)
+        if critic is not None:
+            critic.load(ckpt)
     return Run(
         config=cfg, run_dir=run_dir, device=device, policy=policy, reference=reference,
         tokenizer=tokenizer, rule=rule, task=task,
@@ -153,7 +159,7 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         logger=RunLogger(run_dir, cfg.tensorboard, **_log_resume(resume, ckpt, state))
         if world.is_main else NullLogger(),
         console=console, autocast=autocast_for(device, cfg.model.dtype), base_path=str(base_path),
-        state=state, world=world,
+        state=state, world=world, critic=critic,
     )  # fmt: skip
 
 

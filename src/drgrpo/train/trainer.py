@@ -54,7 +54,8 @@ def train(
     run = build_run(cfg, resume=resume, console=console)
     if world.is_main:
         write_text_atomic(run.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-    console.print(render_formula(cfg.objective, truncated=cfg.rollout.truncated))
+    # markup off: the formulas hold brackets ([t = |y_i|], sg[...]) that rich would eat as tags
+    console.print(render_formula(cfg.objective, truncated=cfg.rollout.truncated), markup=False)
     console.print(f"run folder: {run.run_dir}   base policy: {run.base_path}   "
                   f"processes: {world.world_size}")  # fmt: skip
     try:
@@ -152,7 +153,7 @@ def _checkpoint(run: Run, step: int) -> None:
         save_checkpoint(
             run.run_dir, step, model=run.policy, tokenizer=run.tokenizer, optimizer=run.optimizer,
             state=state, config=run.config.to_dict(), generator=run.generator,
-            keep=run.config.keep_checkpoints,
+            keep=run.config.keep_checkpoints, extra=run.critic.save if run.critic else None,
         )  # fmt: skip
     D.barrier()
 

@@ -11,6 +11,7 @@ same for any split (tests/train/test_update.py).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -30,10 +31,12 @@ class TrainBatch:
     response_start: int  # P
     loss_mask: torch.Tensor  # (N, T) bool: tokens the loss sees (sampled tokens, stop included,
     # minus truncated rows under rollout.truncated=mask_loss)
-    advantages: torch.Tensor  # (N,)
+    advantages: torch.Tensor  # (N,), or (N, T) token-level (baseline=value: GAE)
     old_logprobs: torch.Tensor | None = None  # (N, T); None: on-policy, ratio exactly 1
     ref_logprobs: torch.Tensor | None = None  # (N, T); None: no KL term in the loss
     sampler_logprobs: torch.Tensor | None = None  # (N, T); the engine's, for behaviour correction
+    old_values: torch.Tensor | None = None  # (N, T) the critic's V at rollout (train/critic.py)
+    returns: torch.Tensor | None = None  # (N, T) the critic's targets G
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -60,9 +63,12 @@ class TrainBatch:
             "attention_mask": self.attention_mask[:, first : p + t],
             "response_start": p - first,
         }
-        for name in ("loss_mask", "old_logprobs", "ref_logprobs", "sampler_logprobs"):
+        for name in ("loss_mask", "old_logprobs", "ref_logprobs", "sampler_logprobs",
+                     "old_values", "returns"):  # fmt: skip
             value = getattr(self, name)
             out[name] = None if value is None else value[:, :t]
+        if self.advantages.dim() == 2:  # token-level advantages (N, T)
+            out["advantages"] = self.advantages[:, :t]
         return replace(self, **out)
 
 
@@ -134,6 +140,7 @@ def run_updates(
     temperature: float,
     generator: torch.Generator,
     group_size: int = 1,
+    critic_step: Callable[[TrainBatch, float], dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """`optim.updates_per_rollout` passes over the batch, `optim.mini_batches` optimizer steps each.
 
@@ -141,19 +148,25 @@ def run_updates(
     mini_batches x updates_per_rollout), token sums of clipped_tokens / tokens / kl_sum /
     entropy_sum (divide by tokens), grad_norm (mean), skipped_steps and optimizer_steps.
     A step whose loss or gradient is not finite is skipped (no parameter change) and counted;
-    the caller decides when too many is too many.
+    the caller decides when too many is too many. `critic_step(mini_batch, Z)` (PPO's critic,
+    train/critic.py) runs on every mini-batch with the policy's normalizer; its sums are added.
     """
     groups = len(batch) // group_size
     sums: dict[str, float] = {}
     grad_norms, skipped, steps = [], 0, 0
+    critic_sums: dict[str, float] = {}
     for _ in range(optim.updates_per_rollout):
         for rows in _mini_batch_rows(groups, group_size, optim.mini_batches, generator):
             mini = batch.select(rows)
+            z = normalizer_for(spec, mini, max_tokens)
             optimizer.zero_grad(set_to_none=True)
             stats = accumulate_gradients(
-                model, mini, spec, normalizer_for(spec, mini, max_tokens),
-                micro_batch_size=optim.micro_batch_size, temperature=temperature,
+                model, mini, spec, z, micro_batch_size=optim.micro_batch_size,
+                temperature=temperature,
             )  # fmt: skip
+            # --- PPO's critic: the same mini-batch and Z (train/critic.py) ---
+            for key, value in (critic_step(mini, z) if critic_step else {}).items():
+                critic_sums[key] = critic_sums.get(key, 0.0) + value
             D.replicate_gradients(model)  # sum over ranks (each rank's loss is divided by Z)
             norm = _grad_norm(model, optim.max_grad_norm)
             steps += 1
@@ -173,7 +186,7 @@ def run_updates(
     totals["grad_norm"] = sum(grad_norms) / done if done else float("nan")
     totals["skipped_steps"] = skipped
     totals["optimizer_steps"] = steps
-    return totals
+    return totals | critic_sums
 
 
 _PER_STEP = ("loss", "pg_loss", "kl_loss")

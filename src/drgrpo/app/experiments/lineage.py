@@ -42,9 +42,10 @@ class Size:
 
 
 SIZES = {
-    "default": Size(("grpo", "dr_grpo", "dapo", "rloo", "reinforce"), seeds=2, steps=40,
+    # the lesson's six rows (ppo: a learned critic, train/critic.py)
+    "default": Size(("grpo", "dr_grpo", "dapo", "rloo", "reinforce", "ppo"), seeds=2, steps=40,
                     eval_every=10, eval_prompts=256, prompts_per_step=8, group_size=8),
-    "quick": Size(("grpo", "dr_grpo", "dapo", "rloo"), seeds=1, steps=8,
+    "quick": Size(("grpo", "dr_grpo", "dapo", "rloo", "ppo"), seeds=1, steps=8,
                   eval_every=4, eval_prompts=64, prompts_per_step=8, group_size=4),
 }  # fmt: skip
 
@@ -120,6 +121,9 @@ def measure_length_penalty(cfg: TrainConfig, presets, console: Console) -> dict:
     short, long = order[: len(order) // 3], order[-(len(order) // 3) :]
     for name in presets:
         spec = resolve_objective(name, kl_coef=0.0)
+        if spec.baseline == "value":  # its advantages need a trained critic, not the base alone
+            out[name] = None
+            continue
         adv = compute_advantages(rewards, k, baseline=spec.baseline, scale=spec.scale,
                                  std_ddof=spec.std_ddof, eps=spec.adv_eps)  # fmt: skip
         grad = token_grads(spec, adv, rollouts.response_mask, probe.rollout.max_new_tokens)

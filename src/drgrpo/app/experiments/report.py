@@ -37,7 +37,13 @@ def final_values(run_dir: str) -> dict:
     rows = read_metrics(run_dir)
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
     out = {"eval/accuracy": summary["final_accuracy"], "base accuracy": summary["base_accuracy"]}
-    for metric in ("rollout/len_correct", "rollout/len_incorrect", "reward/mean", "policy/kl"):
+    for metric in (
+        "rollout/len_correct",
+        "rollout/len_incorrect",
+        "reward/mean",
+        "policy/kl",
+        "value/explained_variance",
+    ):  # the last: ppo's critic only (else "-")
         values = series(rows, metric)[1]
         out[metric] = statistics.fmean(values[-FINAL_WINDOW:]) if values else None
         out[metric + " (start)"] = statistics.fmean(values[:FINAL_WINDOW]) if values else None
@@ -133,7 +139,8 @@ def _cell(stat: dict | None, digits: int = 3) -> str:
 def render_markdown(result: dict, plots: list[str]) -> str:
     final = result["final"]
     cols = ["base accuracy", "eval/accuracy", "rollout/len_correct (start)", "rollout/len_correct",
-            "rollout/len_incorrect (start)", "rollout/len_incorrect", "reward/mean", "policy/kl"]  # fmt: skip
+            "rollout/len_incorrect (start)", "rollout/len_incorrect", "reward/mean", "policy/kl",
+            "value/explained_variance"]  # fmt: skip
     lines = ["# Lineage ablation", "",
              "Final values (mean ± std over seeds; per-step metrics averaged over the first / last "
              f"{FINAL_WINDOW} steps). Source: each run's `metrics.jsonl` and `summary.json`:", ""]  # fmt: skip
