@@ -35,12 +35,23 @@ class ModelConfig:
     with a scalar head, its own optimizer: the PPO-RLHF default) | shared (a scalar head on the
     policy's trunk; the trunk learns from pg_loss + vf_coef * value_loss)."""
 
+    lora_rank: int = 0
+    """LoRA adapters of this rank on the base (0 = full fine-tuning); needs the lora extra (peft).
+    The reference is the base with adapters disabled (no copy); checkpoints hold the adapters."""
+    lora_alpha: float = 16.0
+    """LoRA scaling alpha (the update is alpha / rank * B A)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    lora_target_modules: tuple[str, ...] = ()
+    """Module names to adapt (empty: q/k/v/o and gate/up/down projections)."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in backward instead of keeping them: the
     training peak shrinks to about one layer's activations, for about one more forward."""
 
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+        if self.lora_rank < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError("model.lora_rank >= 0, lora_alpha > 0 and 0 <= lora_dropout < 1")
         _choice("model.critic", self.critic, ("separate", "shared"))
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"model.device={self.device!r}: use auto, cpu, cuda or cuda:N")
@@ -225,6 +236,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive("steps", self.steps)
         self.objective.check_group_size(self.rollout.group_size)
+        if self.model.lora_rank and self.objective.baseline == "value":
+            raise ValueError(
+                "model.lora_rank with a learned value (baseline=value) is not supported yet: "
+                "the critic would copy an adapted trunk; use full fine-tuning for ppo"
+            )
         if self.objective.behavior_correction != "none" and self.rollout.top_p < 1:
             raise ValueError(
                 "objective.behavior_correction needs rollout.top_p = 1: under top-p the sampler's "

@@ -53,6 +53,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, dtype: str
         from drgrpo.train.checkpoint import latest_checkpoint
 
         ckpt = latest_checkpoint(ckpt)
+    if (ckpt / "model" / "adapter_config.json").is_file():
+        raise ValueError(
+            f"{ckpt} holds LoRA adapters only: the run's final/ folder is the merged model; for "
+            "an earlier step, load its base and these adapters with peft (PeftModel.from_pretrained)"
+        )
     if not (ckpt / "model" / "config.json").is_file():
         raise ValueError(
             f"{checkpoint} is neither a drgrpo checkpoint (checkpoints/step-NNNNNN with a model/ "

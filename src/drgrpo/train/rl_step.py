@@ -26,6 +26,7 @@ from drgrpo.objective import compute_advantages, kl_penalized_rewards
 from drgrpo.rollout import Rollouts, concat_rollouts
 from drgrpo.tasks.scoring import RewardHealthError
 from drgrpo.train import distributed as D
+from drgrpo.train.adapters import reference_logprobs
 from drgrpo.train.critic import critic_metrics, critic_targets
 from drgrpo.train.metrics import step_metrics
 from drgrpo.train.run import Run
@@ -186,7 +187,11 @@ def reference(run: Run, rollouts: Rollouts, rewards: torch.Tensor):
     cfg, spec = run.config, run.config.objective
     if not (spec.uses_reference or cfg.monitor_kl):
         return None, rewards
-    ref_logprobs = _logprobs(run, run.reference, rollouts)
+    if run.reference is None:  # LoRA: the base is the policy with its adapters disabled
+        with run.autocast():
+            ref_logprobs = reference_logprobs(run.policy, rollouts, cfg.rollout.temperature)
+    else:
+        ref_logprobs = _logprobs(run, run.reference, rollouts)
     # baseline=value puts the KL on every token instead (objective.critic_advantages)
     if spec.uses_reference and spec.kl_placement == "reward" and spec.baseline != "value":
         rewards = kl_penalized_rewards(

@@ -16,6 +16,7 @@ from drgrpo.config import TrainConfig
 from drgrpo.rollout import HFRolloutEngine, RolloutEngine, TokenRule
 from drgrpo.tasks import Task, make_task
 from drgrpo.tasks.scoring import RewardScorer
+from drgrpo.train.adapters import attach_lora, load_adapters, uses_lora
 from drgrpo.train.checkpoint import (
     CheckpointError,
     check_compatible,
@@ -129,14 +130,17 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     policy = policy.to(device=device, dtype=torch.float32)  # master weights (autocast_for)
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    reference = None
-    if cfg.objective.uses_reference or cfg.monitor_kl:
+    policy = attach_lora(cfg, policy)
+    reference = None  # under LoRA: the policy with its adapters disabled (adapters.py)
+    if (cfg.objective.uses_reference or cfg.monitor_kl) and not uses_lora(policy):
         # The reference is the base policy, frozen; on resume it is still the base, not the checkpoint.
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
         if cfg.model.dtype == "bfloat16":  # frozen: it needs no fp32 master copy
             reference = reference.to(torch.bfloat16)
     critic = build_critic(cfg, policy, device, world.world_size)  # the base trunk: before a ckpt
-    if ckpt is not None:
+    if ckpt is not None and uses_lora(policy):
+        load_adapters(policy, ckpt / "model")
+    elif ckpt is not None:
         check_model_matches(ckpt, policy)
         _load_weights(policy, ckpt / "model")
     optimizer, scheduler = _optimizer(cfg, policy, device)
@@ -214,7 +218,8 @@ def _log_resume(resume: bool, ckpt: Path | None, state: RunState) -> dict:
 def _optimizer(cfg: TrainConfig, policy: torch.nn.Module, device: torch.device):
     opt = cfg.optim
     optimizer = torch.optim.AdamW(
-        policy.parameters(), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay,
+        [p for p in policy.parameters() if p.requires_grad], lr=opt.lr, betas=opt.betas,
+        weight_decay=opt.weight_decay,
         # One fused kernel over all parameters (benchmarks/README.md: the optimizer step).
         fused=device.type in ("cpu", "cuda"),
     )  # fmt: skip

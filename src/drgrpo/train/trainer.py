@@ -15,6 +15,7 @@ from drgrpo.config import TrainConfig
 from drgrpo.eval import evaluate
 from drgrpo.objective import render_formula
 from drgrpo.train import distributed as D
+from drgrpo.train.adapters import exported_model
 from drgrpo.train.checkpoint import save_checkpoint
 from drgrpo.train.export import export_model
 from drgrpo.train.metrics import eval_metrics, summarize
@@ -92,7 +93,7 @@ def _session(run: Run, stop_at_step: int | None, start: float, progress: bool) -
     summary["world_size"] = run.world.world_size
     if run.world.is_main:
         export_model(
-            run.policy, run.tokenizer, run.rule, run.run_dir / "final",
+            exported_model(run.policy), run.tokenizer, run.rule, run.run_dir / "final",
             source={"run_dir": str(run.run_dir), "step": step, "config": cfg.to_dict()},
         )  # fmt: skip
         write_text_atomic(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
