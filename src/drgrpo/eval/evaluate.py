@@ -104,18 +104,21 @@ def _check_arguments(examples, num_samples: int, ks, batch_size: int) -> None:
 
 
 def evaluate_model(model, tokenizer, task, examples, *, reward_timeout_s: float, template="none",
-                   **options) -> dict:  # fmt: skip
+                   scorer: RewardScorer | None = None, **options) -> dict:  # fmt: skip
     """`evaluate` of an in-process HF model: the token rule of its tokenizer (and
-    generation_config), the task's reward spec behind the protected scorer."""
+    generation_config), the task's reward spec behind the protected scorer. Pass `scorer` to
+    reuse one across calls (its worker pool starts once); otherwise one is made and closed."""
     rule = TokenRule.from_tokenizer(
         tokenizer, getattr(model, "generation_config", None), template=template
     )
     engine = HFRolloutEngine(model, rule.stop_ids, rule.pad_id)
-    scorer = RewardScorer.for_task(task, reward_timeout_s)
+    own = scorer is None
+    scorer = scorer or RewardScorer.for_task(task, reward_timeout_s)
     try:
         return evaluate(engine, tokenizer, rule, examples, scorer.grade, **options)
     finally:
-        scorer.close()
+        if own:
+            scorer.close()
 
 
 def _sample_metrics(sampled, rewards: list[float], correct: list[bool], num_samples: int, ks):

@@ -33,6 +33,7 @@ from drgrpo.eval import evaluate_model
 from drgrpo.models import build_model, build_tokenizer, load_policy, save_policy
 from drgrpo.rollout import TokenRule
 from drgrpo.tasks import make_task
+from drgrpo.tasks.scoring import RewardScorer
 from drgrpo.util.schedule import lr_lambda
 
 WARMUP_STEPS = 20
@@ -136,11 +137,13 @@ def load_start(cfg: SFTConfig):
     return build_model(cfg.size, len(tokenizer), seed=cfg.seed), tokenizer
 
 
-def sampled_accuracy(model, tokenizer, task, examples, max_new_tokens: int, seed: int) -> float:
+def sampled_accuracy(model, tokenizer, task, examples, max_new_tokens: int, seed: int,
+                     scorer: RewardScorer | None = None) -> float:  # fmt: skip
     """Share of correct samples, one temperature-1 sample per example (the periodic check)."""
     result = evaluate_model(
-        model, tokenizer, task, examples, reward_timeout_s=REWARD_TIMEOUT_S, num_samples=1, ks=(1,),
-        max_new_tokens=max_new_tokens, temperature=1.0, greedy=False, seed=seed,
+        model, tokenizer, task, examples, reward_timeout_s=REWARD_TIMEOUT_S, scorer=scorer,
+        num_samples=1, ks=(1,), max_new_tokens=max_new_tokens, temperature=1.0, greedy=False,
+        seed=seed,
     )  # fmt: skip
     return result["accuracy"]
 
@@ -162,12 +165,19 @@ def run_sft(cfg: SFTConfig, console: Console | None = None, progress: bool = Tru
         f"({num_params / 1e6:.2f}M parameters), lr {cfg.lr:g}, batch {cfg.batch_size}, "
         f"stop at sampled accuracy >= {cfg.stop_accuracy:g} (checked every {cfg.check_every} steps)"
     )
-    state = _train(cfg, model, tokenizer, task, progress, console)
-    return _finish(cfg, model, tokenizer, task, state, console)
+    # One scorer for every check and the final evaluation: its worker pool starts once.
+    scorer = RewardScorer.for_task(task, REWARD_TIMEOUT_S)
+    try:
+        state = _train(cfg, model, tokenizer, (task, scorer), progress, console)
+        return _finish(cfg, model, tokenizer, (task, scorer), state, console)
+    finally:
+        scorer.close()
 
 
-def _train(cfg: SFTConfig, model, tokenizer, task, progress: bool, console: Console) -> dict:
-    """The loop; returns step, loss, checks, stop_reason, seconds, train_seconds, tokens."""
+def _train(cfg: SFTConfig, model, tokenizer, scoring, progress: bool, console: Console) -> dict:
+    """The loop; returns step, loss, checks, stop_reason, seconds, train_seconds, tokens.
+    `scoring` is (task, its scorer)."""
+    task = scoring[0]
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=ADAM_BETAS, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.max_steps))
@@ -188,7 +198,7 @@ def _train(cfg: SFTConfig, model, tokenizer, task, progress: bool, console: Cons
             step, tokens = step + 1, tokens + batch.num_tokens
             train_seconds += time.perf_counter() - t0
             if step % cfg.check_every == 0:
-                checks.append(_check(cfg, model, tokenizer, task, check_examples, step, loss))
+                checks.append(_check(cfg, model, tokenizer, scoring, check_examples, step, loss))
                 checks[-1]["seconds"] = round(time.perf_counter() - start, 1)
                 console.print(f"step {step}: {checks[-1]['seconds']:.0f} s, loss {loss:.3f}, "
                               f"sampled accuracy {checks[-1]['accuracy']:.3f}")  # fmt: skip
@@ -205,9 +215,16 @@ def _train(cfg: SFTConfig, model, tokenizer, task, progress: bool, console: Cons
             "tokens": tokens}  # fmt: skip
 
 
-def _check(cfg: SFTConfig, model, tokenizer, task, examples, step: int, loss: float) -> dict:
+def _check(cfg: SFTConfig, model, tokenizer, scoring, examples, step: int, loss: float) -> dict:
+    task, scorer = scoring
     accuracy = sampled_accuracy(
-        model, tokenizer, task, examples, cfg.max_new_tokens, seed=cfg.seed + CHECK_SEED
+        model,
+        tokenizer,
+        task,
+        examples,
+        cfg.max_new_tokens,
+        seed=cfg.seed + CHECK_SEED,
+        scorer=scorer,
     )
     model.train()
     return {"step": step, "loss": round(loss, 4), "accuracy": accuracy}
@@ -224,7 +241,8 @@ def _train_step(model, batch: SFTBatch, optimizer, scheduler) -> float:
     return float(loss.detach())
 
 
-def _finish(cfg: SFTConfig, model, tokenizer, task, state: dict, console: Console) -> dict:
+def _finish(cfg: SFTConfig, model, tokenizer, scoring, state: dict, console: Console) -> dict:
+    task, scorer = scoring
     model.eval()
     out = Path(cfg.output_dir)
     save_policy(model, tokenizer, out)
@@ -235,7 +253,7 @@ def _finish(cfg: SFTConfig, model, tokenizer, task, state: dict, console: Consol
     )
     t0 = time.perf_counter()
     result = evaluate_model(
-        model, tokenizer, task, task.heldout(cfg.eval_prompts),
+        model, tokenizer, task, task.heldout(cfg.eval_prompts), scorer=scorer,
         reward_timeout_s=REWARD_TIMEOUT_S, num_samples=1, ks=(1,), max_new_tokens=cfg.max_new_tokens, temperature=1.0, greedy=True, seed=cfg.seed,
     )  # fmt: skip
     console.print(
