@@ -70,8 +70,14 @@ def _one_step(model_dir: str, prompts: int, tokens: int, extra: list[str], out) 
 
     step_module.run_updates = measured
     metrics = step_module.rl_step(run, 1)
-    out.put({**marks, "peak_mb": _rss_mb(), "rows": prompts * 8,
-             "response_tokens": metrics["rollout/len_mean"] * prompts * 8})
+    out.put(
+        {
+            **marks,
+            "peak_mb": _rss_mb(),
+            "rows": prompts * 8,
+            "response_tokens": metrics["rollout/len_mean"] * prompts * 8,
+        }
+    )
 
 
 def measure(name: str, work: Path) -> dict:
@@ -95,8 +101,10 @@ def main() -> None:
         results[name] = measure(name, work)
         print(name, json.dumps({k: round(v, 1) for k, v in results[name].items()}), flush=True)
     wide = [results[f"wide-vocab-128, {p} prompts, chunk 16"]["peak_mb"] for p in (2, 8)]
-    plain, ckpt = (results[n]["training_growth_mb"] for n in
-                   ("small-128, 8 prompts", "small-128, 8 prompts, gradient checkpointing"))
+    plain, ckpt = (
+        results[n]["training_growth_mb"]
+        for n in ("small-128, 8 prompts", "small-128, 8 prompts, gradient checkpointing")
+    )
     results["goals"] = {
         "chunked step peak, 4x prompts": {"ratio": wide[1] / wide[0], "goal": "<= 1.2"},
         "training growth without / with checkpointing": {"ratio": plain / ckpt, "goal": ">= 2"},

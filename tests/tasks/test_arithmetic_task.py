@@ -181,3 +181,51 @@ def test_invalid_knobs_raise_value_error_naming_the_knob(kwargs, message):
 def test_invalid_index_raises(i):
     with pytest.raises(ValueError, match="i must be an integer >= 0"):
         TASK.train_example(i)
+
+
+def _partial_sums(solution: str) -> list[int]:
+    """The value of each step line (not the check lines) of a trace."""
+    return [int(line.rsplit("=", 1)[1]) for line in solution.split("\n")
+            if "=" in line and not line.startswith("check ")]  # fmt: skip
+
+
+def test_slip_prob_zero_leaves_problems_and_traces_unchanged():
+    # the ablation's knobs are drawn only when used: every earlier run keeps its problems
+    base, off = ArithmeticTask(recheck_prob=0.5), ArithmeticTask(recheck_prob=0.5, slip_prob=0.0)
+    for i in range(100):
+        assert base.train_example(i) == off.train_example(i)
+    assert base.heldout(50) == off.heldout(50)
+
+
+def test_a_slip_is_one_partial_sum_off_by_one_carried_to_a_wrong_answer():
+    task = ArithmeticTask(slip_prob=1.0, recheck_prob=0.0, recheck_after_slip=1.0)
+    for i in range(200):
+        ex = task.train_example(i)
+        numbers = [int(x) for x in ex.prompt.rstrip("=").split("+")]
+        assert ex.reference == str(sum(numbers))  # the reference is the true sum
+        assert task.verify(ex.solution, ex.reference) == 0.0
+        sums = _partial_sums(ex.solution)
+        true = [sum(numbers[: j + 2]) for j in range(len(numbers) - 1)]
+        assert ex.solution.endswith(f"answer: {sums[-1]}")
+        errors = [s - t for s, t in zip(sums, true, strict=True)]
+        first = next(j for j, e in enumerate(errors) if e)
+        assert all(e == 0 for e in errors[:first])
+        assert len(set(errors[first:])) == 1 and abs(errors[first]) == 1  # carried on
+        # checks only from the slipped line on (recheck_prob 0 before, 1 after)
+        lines = ex.solution.split("\n")
+        step_lines = [j for j, line in enumerate(lines) if not line.startswith("check ")]
+        checked = [lines[j + 1].startswith("check ") for j in step_lines[:-1]]
+        assert checked == [j >= first for j in range(len(checked))]
+
+
+def test_slip_prob_makes_that_share_of_traces_wrong():
+    task = ArithmeticTask(slip_prob=0.3, recheck_prob=0.5)
+    wrong = sum(task.verify(e.solution, e.reference) == 0.0
+                for e in (task.train_example(i) for i in range(1000)))  # fmt: skip
+    assert 240 < wrong < 360  # Binomial(1000, 0.3): mean 300, sd 14.5
+
+
+@pytest.mark.parametrize("kwargs", [{"slip_prob": 1.5}, {"recheck_after_slip": -0.1}])
+def test_slip_knobs_are_validated(kwargs):
+    with pytest.raises(ValueError):
+        ArithmeticTask(**kwargs)

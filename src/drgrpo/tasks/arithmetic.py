@@ -51,6 +51,12 @@ class ArithmeticTask(GeneratedTask):
     """Seed of the training stream (the held-out problems do not depend on it)."""
     format_reward: float = 0.0
     """Reward for a well-formed `answer: <int>` line with a wrong value (the paper uses 0)."""
+    slip_prob: float = 0.0
+    """Probability that an SFT solution slips: one partial sum is written off by one and carried
+    on, so its answer is wrong. With `recheck_after_slip` this builds a base policy whose typical
+    failure is a long wrong answer (the length-bias ablation, docs/length-bias.md)."""
+    recheck_after_slip: float | None = None
+    """Recheck probability on the lines after a slip (None: `recheck_prob`)."""
 
     def __post_init__(self) -> None:
         check_int("k_min", self.k_min, 2, 10)
@@ -58,6 +64,9 @@ class ArithmeticTask(GeneratedTask):
         check_int("digits_min", self.digits_min, 1, 9)
         check_int("digits_max", self.digits_max, self.digits_min, 9)
         check_float("recheck_prob", self.recheck_prob, 0.0, 1.0)
+        check_float("slip_prob", self.slip_prob, 0.0, 1.0)
+        if self.recheck_after_slip is not None:
+            check_float("recheck_after_slip", self.recheck_after_slip, 0.0, 1.0)
         self._check_split()
         check_common(self)
 
@@ -67,24 +76,37 @@ class ArithmeticTask(GeneratedTask):
         for _ in range(k):
             digits = rng.randint(self.digits_min, self.digits_max)
             numbers.append(rng.randint(10 ** (digits - 1), 10**digits - 1))
-        total = numbers[0] + numbers[1]
+        # A slip (SFT traces only) is drawn only when slip_prob > 0, so that the default draws,
+        # hence the problems and every earlier run, stay exactly as they were.
+        slip_at = -1
+        if self.slip_prob > 0 and rng.random() < self.slip_prob:
+            slip_at = rng.randint(1, k - 1)  # the partial sum after number slip_at (0-based)
+        slip = rng.choice((-1, 1)) if slip_at >= 0 else 0
+        total = numbers[0] + numbers[1] + (slip if slip_at == 1 else 0)
         lines = [f"{numbers[0]}+{numbers[1]}={total}"]
         # Draw the recheck coins even when recheck_prob is 0, so that changing only
         # recheck_prob keeps the same problems (and the same held-out set).
-        if rng.random() < self.recheck_prob:
+        if rng.random() < self._recheck(slip_at, 1):
             lines.append(f"check {numbers[0]}+{numbers[1]}={total}")
-        for x in numbers[2:]:
-            lines.append(f"+{x}={total + x}")
-            if rng.random() < self.recheck_prob:
-                lines.append(f"check {total}+{x}={total + x}")
-            total += x
+        for i, x in enumerate(numbers[2:], start=2):
+            new = total + x + (slip if slip_at == i else 0)
+            lines.append(f"+{x}={new}")
+            if rng.random() < self._recheck(slip_at, i):
+                lines.append(f"check {total}+{x}={new}")
+            total = new
         lines.append(f"answer: {total}")
         return Example(
             prompt="+".join(map(str, numbers)) + "=",
-            reference=str(total),
+            reference=str(sum(numbers)),
             solution="\n".join(lines),
             meta={"k": k},
         )
+
+    def _recheck(self, slip_at: int, line: int) -> float:
+        """The recheck probability of the check line after partial sum `line`."""
+        if 0 <= slip_at <= line and self.recheck_after_slip is not None:
+            return self.recheck_after_slip
+        return self.recheck_prob
 
     def verify(self, completion: str, reference: str) -> float:
         """1.0 iff the last `answer:` line holds exactly the integer `reference`."""

@@ -56,6 +56,44 @@ def step_metrics(
     }
 
 
+def length_metrics(
+    advantages: torch.Tensor,  # (N,) one advantage per rollout (group baselines; not PPO's (N, T))
+    correct: torch.Tensor,  # (N,) bool or 0/1
+    lengths: torch.Tensor,  # (N,) response tokens
+    group_size: int,
+    aggregation: str,
+) -> dict:
+    """The length-bias probes of one step (docs/length-bias.md), from numbers the step has anyway.
+
+    policy/long_wrong_penalty_ratio: among wrong rollouts with a nonzero advantage, the mean
+    per-token gradient magnitude |dL/dlogp_it| on the longest third over that on the shortest
+    third. At ratio 1 (clip inactive) dL/dlogp_it = -A_i w_i / Z with w_i = 1/|y_i| under
+    seq_mean_token_mean (GRPO's "bias B", the lesson) and w_i = 1 otherwise; Z is shared by all
+    rows, so it cancels. Below 1: a long wrong answer is pushed down less per token.
+    rollout/len_gap_wrong_correct: over groups with both outcomes, mean wrong length minus mean
+    correct length: how much length carries information about correctness inside a group, which
+    is what the 1/|y_i| factor needs to move length (a decision made before the outcome is
+    settled gets zero expected gradient from it).
+    """
+    correct, lengths = correct.bool(), lengths.double()
+    out = {"policy/long_wrong_penalty_ratio": None, "rollout/len_gap_wrong_correct": None}
+    per_token = advantages.double().abs()
+    if aggregation == "seq_mean_token_mean":
+        per_token = per_token / lengths.clamp(min=1.0)
+    rows = ((~correct) & (advantages != 0)).nonzero().flatten()
+    if len(rows) >= 3:
+        order = rows[lengths[rows].argsort(stable=True)]
+        third = len(order) // 3
+        short, long = per_token[order[:third]].mean(), per_token[order[-third:]].mean()
+        out["policy/long_wrong_penalty_ratio"] = float(long / short)
+    gaps = []
+    for ok, n in zip(correct.reshape(-1, group_size), lengths.reshape(-1, group_size), strict=True):
+        if ok.any() and (~ok).any():
+            gaps.append(float(n[~ok].mean() - n[ok].mean()))
+    out["rollout/len_gap_wrong_correct"] = statistics.fmean(gaps) if gaps else None
+    return out
+
+
 def eval_metrics(result: dict) -> dict:
     """An `evaluate` result as eval/* metrics."""
     out = {

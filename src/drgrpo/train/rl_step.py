@@ -28,7 +28,7 @@ from drgrpo.tasks.scoring import RewardHealthError
 from drgrpo.train import distributed as D
 from drgrpo.train.adapters import reference_logprobs
 from drgrpo.train.critic import critic_metrics, critic_targets
-from drgrpo.train.metrics import step_metrics
+from drgrpo.train.metrics import length_metrics, step_metrics
 from drgrpo.train.run import Run
 from drgrpo.train.sampling import dynamic_batch, overlong_shaped
 from drgrpo.train.update import TrainBatch, run_updates
@@ -92,6 +92,9 @@ def rl_step(run: Run, step: int) -> dict:
         for x in (rewards, scored.correct, rollouts.response_lengths, scored.truncated)
     ]
     metrics = step_metrics(*gathered, cfg.rollout.group_size, totals)
+    if advantages.dim() == 1:  # group baselines; PPO's per-token advantages have no such probe
+        metrics.update(length_metrics(D.gather_rewards(advantages.float()), gathered[1],
+                                      gathered[2], cfg.rollout.group_size, spec.aggregation))  # fmt: skip
     metrics.update(scored.graded.metrics())
     metrics.update(sampling)
     if run.critic is not None:

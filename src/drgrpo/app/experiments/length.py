@@ -1,0 +1,178 @@
+"""`drgrpo experiment length`: the paper's length effect given a fair chance (docs/length-bias.md).
+
+Long runs (past the reward plateau), several seeds per preset (grpo, dr_grpo, dapo), KL off,
+the same base and prompts, in two task settings:
+
+* main: the lineage setting. Re-check lines (`check a+b=s`, ignored by the verifier) let length
+  move freely, and errors happen where the model makes them.
+* slip: the ablation. A base policy whose typical failure is a long wrong answer: its SFT traces
+  slip (one partial sum off by one, carried on) 30% of the time and re-check far more often after
+  a slip (0.9) than before (0.25), so the policy's length decisions come *after* what settles its
+  correctness. That is what GRPO's 1/|y_i| needs to move length: with mean baselines, a length
+  decision taken before the outcome is settled has zero expected gradient under any aggregation
+  (E[A_i | length] = 0); one taken after a slip sees A_i < 0 for sure, and 1/|y_i| then favours
+  the longer continuation (the derivation: docs/length-bias.md).
+
+Runs go to a pool of `jobs` processes, one thread each (independent runs, so no timing is
+compared across them); finished runs are kept and an interrupted run resumes from its checkpoint,
+so the command can be re-run until done. Then the continued-SFT control (same wall time as a
+mean RL run) and the report (app/experiments/length_report.py).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from drgrpo.app.experiments.lineage import measure_length_penalty
+from drgrpo.config import TrainConfig, build_config
+from drgrpo.config.build import config_from_dict
+
+SETTINGS = {
+    "main": {"recheck_prob": 0.5},
+    "slip": {"recheck_prob": 0.25, "slip_prob": 0.3, "recheck_after_slip": 0.9},
+}
+
+
+@dataclass(frozen=True)
+class LengthSize:
+    presets: tuple[str, ...]
+    seeds: int
+    steps: int
+    eval_every: int
+    eval_prompts: int
+    prompts_per_step: int
+    group_size: int
+    window: int  # steps averaged for a run's "start" and "end" of a per-step metric
+
+
+SIZES = {
+    "default": LengthSize(("grpo", "dr_grpo", "dapo"), seeds=3, steps=300, eval_every=25,
+                          eval_prompts=256, prompts_per_step=8, group_size=8, window=50),
+    "quick": LengthSize(("grpo", "dr_grpo"), seeds=2, steps=6, eval_every=3, eval_prompts=16,
+                        prompts_per_step=4, group_size=4, window=2),
+}  # fmt: skip
+
+
+def run_config(size: LengthSize, setting: str, preset: str, seed: int, output: Path,
+               overrides: list[str]) -> TrainConfig:  # fmt: skip
+    """One run: only the preset and the seed differ inside a setting (KL off for every preset)."""
+    return build_config(
+        preset=preset,
+        overrides=[
+            f"task.options={json.dumps(SETTINGS[setting])}", "objective.kl_coef=0.0",
+            "rollout.max_new_tokens=96", f"rollout.prompts_per_step={size.prompts_per_step}",
+            f"rollout.group_size={size.group_size}", f"steps={size.steps}", f"seed={seed}",
+            f"eval.every={size.eval_every}", f"eval.num_prompts={size.eval_prompts}",
+            "eval.num_samples=2", "eval.ks=[1,2]", "monitor_kl=false",
+            f"checkpoint_every={max(size.steps // 6, 1)}", "keep_checkpoints=1",
+            f"output_dir={output / setting / 'runs' / f'{preset}-s{seed}'}", *overrides,
+        ],
+    )  # fmt: skip
+
+
+def run_length(output: str | Path, *, quick: bool = False, settings: list[str] | None = None,
+               presets: list[str] | None = None, seeds: int | None = None,
+               steps: int | None = None, jobs: int = 2, overrides: list[str] = (),
+               control: bool = True, console: Console | None = None) -> dict:  # fmt: skip
+    from drgrpo.app.experiments.length_report import write_length_report
+
+    console = console or Console()
+    output, t0 = Path(output), time.perf_counter()
+    base = SIZES["quick" if quick else "default"]
+    size = LengthSize(tuple(presets or base.presets), seeds or base.seeds, steps or base.steps,
+                      min(base.eval_every, steps or base.steps), base.eval_prompts,
+                      base.prompts_per_step, base.group_size,
+                      min(base.window, max((steps or base.steps) // 3, 1)))  # fmt: skip
+    settings = settings or list(SETTINGS)
+    unknown = set(settings) - set(SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {sorted(unknown)}: choose from {list(SETTINGS)}")
+    plan = {s: [(p, seed, run_config(size, s, p, seed, output, list(overrides)))
+                for p in size.presets for seed in range(size.seeds)] for s in settings}  # fmt: skip
+    for runs in plan.values():  # each setting's SFT base once, before the pool forks
+        _ensure_base(runs[0][2], console)
+    walls = _pool([cfg.to_dict() for runs in plan.values() for *_, cfg in runs], jobs, console)
+    rl_walls = {s: [walls[str(cfg.output_dir)] for *_, cfg in runs] for s, runs in plan.items()}
+    # The control: continued SFT from the same base for a mean RL run's wall time, run the way
+    # the RL runs were (one thread, `jobs` at a time), so "the same time" means the same compute.
+    controls = {}
+    if control:
+        asks = [(runs[0][2].to_dict(), sum(rl_walls[s]) / len(rl_walls[s]), str(output / s))
+                for s, runs in plan.items()]  # fmt: skip
+        controls = dict(zip(plan, _map(_control_one, asks, jobs), strict=True))
+    results = {}
+    for setting, runs in plan.items():
+        probe = measure_length_penalty(runs[0][2], size.presets, console)
+        listed = [{"preset": p, "seed": seed, "dir": str(cfg.output_dir), "wall_s": w}
+                  for (p, seed, cfg), w in zip(runs, rl_walls[setting], strict=True)]  # fmt: skip
+        results[setting] = {"runs": listed, "base_probe": probe,
+                            "sft_control": controls.get(setting)}  # fmt: skip
+    wall = time.perf_counter() - t0
+    return write_length_report(output, results, size=size.__dict__, jobs=jobs, wall_s=wall)
+
+
+def _ensure_base(cfg: TrainConfig, console: Console) -> None:
+    from drgrpo.train.policy import load_base_policy
+
+    load_base_policy(cfg, console)
+
+
+def _pool(cfgs: list[dict], jobs: int, console: Console) -> dict[str, float]:
+    """Train every config (skipping finished ones) in `jobs` one-thread processes; {dir: wall s}
+    of each run's own training time, as its summary.json records it."""
+    todo = [c for c in cfgs if not (Path(c["output_dir"]) / "summary.json").is_file()]
+    console.print(f"{len(cfgs)} runs, {len(cfgs) - len(todo)} already done; {jobs} processes")
+    for done, out_dir in enumerate(_map(_train_one, todo, jobs), start=1):
+        console.print(f"[{done}/{len(todo)}] finished {out_dir}")
+    return {c["output_dir"]: _summary(c["output_dir"])["wall_s"] for c in cfgs}
+
+
+def _map(fn, items: list, jobs: int) -> list:
+    """fn over items in `jobs` fresh one-thread interpreters (spawn: torch threads and global
+    seeds are per run), in order."""
+    if not items:
+        return []
+    with mp.get_context("spawn").Pool(jobs, initializer=_one_thread, maxtasksperchild=1) as pool:
+        return pool.map(fn, items, chunksize=1)
+
+
+def _one_thread() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _train_one(cfg_dict: dict) -> str:
+    from drgrpo.train.trainer import train
+
+    cfg = config_from_dict(cfg_dict)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resume = (out / "config.json").is_file()  # an interrupted run continues where it stopped
+    with open(out.parent / f"{out.name}.log", "a") as log:
+        train(cfg, console=Console(file=log, width=120), progress=False, resume=resume)
+    return str(out)
+
+
+def _control_one(ask: tuple[dict, float, str]) -> dict:
+    from drgrpo.app.experiments.lineage import run_sft_control
+
+    cfg_dict, seconds, folder = ask
+    done = Path(folder) / "runs" / "sft-control" / "sft_summary.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    with open(Path(folder) / "sft-control.log", "a") as log:
+        console = Console(file=log, width=120)
+        return run_sft_control(config_from_dict(cfg_dict), seconds, Path(folder), console)
+
+
+def _summary(run_dir: str) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
