@@ -112,7 +112,7 @@ def device_info(torch, device) -> dict:
     return {"type": "cuda", "name": props.name, "slug": re.sub(r"[^a-z0-9]+", "-",
             props.name.lower()).strip("-"), "capability": f"{props.major}.{props.minor}",
             "memory_gib": props.total_memory / 2**30, "cuda": torch.version.cuda,
-            "nccl": ".".join(map(str, torch.cuda.nccl.version()))}  # fmt: skip
+            "nccl": str(torch.cuda.nccl.version())}  # fmt: skip
 
 
 def init_group(torch, device) -> str:
@@ -220,8 +220,7 @@ def run_size(runner: Runner, entry: dict, size: str, args, torch, device, dtype,
     items["vllm"] = {"status": "skipped", "reason": "vLLM is not importable here"
                      if importlib.util.find_spec("vllm") is None else
                      "vLLM is importable, but this check has no vLLM path yet"}  # fmt: skip
-    del s, holder["s"]
-    runner.free()
+    holder.clear()  # the models go when this frame does (the caller frees the cache)
 
 
 def main(argv=None) -> int:
@@ -254,6 +253,7 @@ def main(argv=None) -> int:
         workload = args.workload if args.workload != "auto" else "tiny" if size == "tiny" else "gpu"
         results["sizes"][size] = entry = {"workload_name": workload}
         run_size(runner, entry, size, args, torch, device, dtype, M.WORKLOADS[workload])
+        runner.free()
     results["complete"] = True
     runner.save()
     torch.distributed.destroy_process_group()

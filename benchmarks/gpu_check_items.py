@@ -92,7 +92,8 @@ class Session:
         keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                 "intermediate_size", "vocab_size", "tie_word_embeddings", "max_position_embeddings")  # fmt: skip
         config = {k: getattr(self.config, k) for k in keys}
-        config["rope_theta"] = (self.config.rope_parameters or {}).get("rope_theta")
+        rope = getattr(self.config, "rope_parameters", None) or {}  # transformers 5 keeps it here
+        config["rope_theta"] = rope.get("rope_theta", getattr(self.config, "rope_theta", None))
         return {"config": config, "parameters": self.parameters,
                 "workload": vars(self.work) | {"rows": self.work.rows}}  # fmt: skip
 
@@ -224,12 +225,15 @@ def fsdp_step(s: Session, matmul_tflops: float | None) -> dict:
 
     reset_peak(s.device)
     seconds = []
-    for _ in range(1 + w.repeats):
-        sync(s.device)
-        start = time.perf_counter()
-        totals = step()
-        sync(s.device)
-        seconds.append(time.perf_counter() - start)
+    try:
+        for _ in range(1 + w.repeats):
+            sync(s.device)
+            start = time.perf_counter()
+            totals = step()
+            sync(s.device)
+            seconds.append(time.perf_counter() - start)
+    finally:  # an out-of-memory step must not leave its gradients to the next items
+        optimizer.zero_grad(set_to_none=True)
     if not all(math.isfinite(totals[k]) for k in ("loss", "grad_norm")):
         raise RuntimeError(f"the step's loss or gradient norm is not finite: {totals}")
     arch = Arch.from_config(s.config)
@@ -315,7 +319,7 @@ def _optimizer_tensors(optimizer) -> list[torch.Tensor]:
     out = []
     for group in optimizer.param_groups:
         for p in group["params"]:
-            for key, value in sorted(optimizer.state.get(p, {}).items()):
+            for _, value in sorted(optimizer.state.get(p, {}).items()):
                 if torch.is_tensor(value):
                     local = value.to_local() if hasattr(value, "to_local") else value
                     out.append(local.detach().clone())
