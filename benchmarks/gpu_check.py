@@ -17,7 +17,8 @@ Per size, in this order (benchmarks/gpu_check_items.py has each item's exact met
   weight_sync     full_state_dict from the shards into the engine's plain copy (via host, and
                   on the device), checked equal
   checkpoint      DCP save and load of model + AdamW state, time and size, checked equal
-  vllm            only where vLLM is importable (it is not on the lent H200): recorded skipped
+  vllm            only where vLLM is importable (it is not on the lent H200; else recorded
+                  skipped): drgrpo's VLLMRolloutEngine tokens/s, mismatch and sync_weights
 
 MFU = model FLOPs / (step seconds x measured matmul FLOP/s in the run's dtype). Model FLOPs
 (benchmarks/flops.py): 3 x the forward's matmul FLOPs, i.e. 6 x (weights a token multiplies by)
@@ -214,12 +215,13 @@ def run_size(runner: Runner, entry: dict, size: str, args, torch, device, dtype,
         "fsdp_step": lambda: I.fsdp_step(s, tflops),
         "weight_sync": lambda: I.weight_sync(s),
         "checkpoint": lambda: I.checkpoint(s, args.checkpoint_dir),
+        "vllm": lambda: I.vllm_engine(s, args.checkpoint_dir),
     }
     for name, fn in steps.items():
+        if name == "vllm" and importlib.util.find_spec("vllm") is None:
+            items[name] = {"status": "skipped", "reason": "vLLM is not importable here"}
+            continue
         runner.run(items, name, fn, parameters=s.parameters)
-    items["vllm"] = {"status": "skipped", "reason": "vLLM is not importable here"
-                     if importlib.util.find_spec("vllm") is None else
-                     "vLLM is importable, but this check has no vLLM path yet"}  # fmt: skip
     holder.clear()  # the models go when this frame does (the caller frees the cache)
 
 
@@ -256,7 +258,8 @@ def main(argv=None) -> int:
         runner.free()
     results["complete"] = True
     runner.save()
-    torch.distributed.destroy_process_group()
+    if "vllm" not in sys.modules:  # vLLM tears its groups down at exit, the default one last
+        torch.distributed.destroy_process_group()
     print_table(results)
     print(f"wrote {path}")
     return 0

@@ -25,8 +25,9 @@ SIZES: dict[str, dict] = {
     "qwen2.5-1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
                          num_key_value_heads=2, intermediate_size=8960, **_QWEN25),
     # The same architecture (GQA, QKV bias, tied head) at a size a loaded CPU runs in seconds.
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, intermediate_size=128, vocab_size=512,
+    # head_dim 32: vLLM's CPU attention has no kernel for 16.
+    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, intermediate_size=256, vocab_size=512,
                  tie_word_embeddings=True, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
                  max_position_embeddings=512),
 }  # fmt: skip

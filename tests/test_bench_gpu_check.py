@@ -26,12 +26,17 @@ ITEMS = ("generation_fast", "generation_hf", "mismatch", "fsdp_step", "weight_sy
          "checkpoint", "vllm")  # fmt: skip
 
 
-def run_check(out: Path, *extra: str) -> dict:
+VLLM_PYTHON = Path(os.environ.get("DRGRPO_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
+
+
+def run_check(out: Path, *extra: str, python: str = sys.executable, timeout: int = 55) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1",
-               HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")  # fmt: skip
-    args = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--size", "tiny",
+               HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", VLLM_CPU_KVCACHE_SPACE="1",
+               VLLM_CPU_OMP_THREADS_BIND="nobind")  # fmt: skip
+    args = [python, str(ROOT / "benchmarks" / "gpu_check.py"), "--size", "tiny",
             "--device", "cpu", "--out", str(out), *extra]  # fmt: skip
-    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=55)
+    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "gpu_check-cpu.json").read_text())
 
@@ -128,3 +133,19 @@ def test_mismatch_stats_by_hand():
     assert stats["by_length"]["1-1"]["rows"] == 1 and stats["by_length"]["2-2"]["rows"] == 1
     assert stats["by_length"]["2-2"]["k3_mean"] == pytest.approx(0.0100083361 / 2, abs=1e-10)
     assert stats["by_length"]["3-3"] == {"rows": 0, "tokens": 0}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not VLLM_PYTHON.exists(), reason=f"no vLLM Python at {VLLM_PYTHON}: run "
+                    "`make vllm-venv` or set DRGRPO_VLLM_PYTHON")  # fmt: skip
+def test_vllm_item_where_vllm_is_importable(tmp_path):
+    """The same check under vllm-cpu's Python (~40 s, most of it vLLM's start-up): its
+    engine's float32 log-probs agree with the FSDP2 trainer's to rounding; against a trainer
+    whose weights were all scaled by 1.1 its old samples are stale, and after `sync_weights`
+    its fresh ones agree again."""
+    result = run_check(tmp_path, python=str(VLLM_PYTHON), timeout=300)
+    v = result["sizes"]["tiny"]["items"]["vllm"]
+    assert v["status"] == "ok", v.get("traceback", v)
+    assert v["tokens_per_s"] > 0 and v["tokens"] > 0 and v["sync_weights_s"] > 0
+    assert v["vs_fsdp2_trainer"]["mean_abs"] < 1e-5 and v["after_sync"]["mean_abs"] < 1e-5
+    assert v["stale_before_sync"]["mean_abs"] > 1e-2
