@@ -33,7 +33,8 @@ is recorded as "oom" and the run goes on. The JSON is rewritten after every item
 killed by its timeout keeps what it finished.
 
 Needs only torch, transformers, tokenizers, safetensors, numpy and pyyaml (drgrpo.config imports
-yaml; drgrpo's rich / tqdm are not imported on these paths), all on the lent H200's image.
+yaml; drgrpo's rich is not imported on these paths, tqdm only by transformers itself), all on
+the lent H200's image: nothing has to be carried.
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ class Runner:
 
 def run_size(runner: Runner, entry: dict, size: str, args, torch, device, dtype, work) -> None:
     from benchmarks import gpu_check_items as I
+    from benchmarks.gpu_check_vllm import vllm_engine  # vLLM itself is imported only inside
 
     holder = {}
 
@@ -215,7 +217,7 @@ def run_size(runner: Runner, entry: dict, size: str, args, torch, device, dtype,
         "fsdp_step": lambda: I.fsdp_step(s, tflops),
         "weight_sync": lambda: I.weight_sync(s),
         "checkpoint": lambda: I.checkpoint(s, args.checkpoint_dir),
-        "vllm": lambda: I.vllm_engine(s, args.checkpoint_dir),
+        "vllm": lambda: vllm_engine(s, args.checkpoint_dir),
     }
     for name, fn in steps.items():
         if name == "vllm" and importlib.util.find_spec("vllm") is None:
