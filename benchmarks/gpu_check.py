@@ -2,7 +2,7 @@
 weight sync and DCP checkpoints, on random-init Qwen2.5-0.5B / 1.5B-shaped models (nothing is
 downloaded). On a CPU, `--size tiny` runs the same code paths in seconds (the test does).
 
-    PYTHONUNBUFFERED=1 PYTHONPATH=src timeout 500 python benchmarks/gpu_check.py --out $OUT
+    PYTHONUNBUFFERED=1 PYTHONPATH=src timeout 500 python3 benchmarks/gpu_check.py --out $OUT
     PYTHONPATH=src python benchmarks/gpu_check.py --size tiny --out /tmp/check    # CPU
 
 Per size, in this order (benchmarks/gpu_check_items.py has each item's exact method):
@@ -53,6 +53,7 @@ import time
 import traceback
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded; never wait on a network
 ROOT = Path(__file__).resolve().parents[1]
 for _path in (ROOT / "src", ROOT):  # drgrpo from this checkout, and the benchmarks package
     if str(_path) not in sys.path:
@@ -161,7 +162,7 @@ class Runner:
         try:
             value = fn()
             record = {"status": "ok"} | value
-        except self.torch.OutOfMemoryError as error:
+        except getattr(self.torch, "OutOfMemoryError", self.torch.cuda.OutOfMemoryError) as error:
             record = {"status": "oom", "error": str(error).splitlines()[0]}
         except Exception as error:  # one broken item must not lose the others' numbers
             record = {"status": "error", "error": f"{type(error).__name__}: {error}",
@@ -249,9 +250,15 @@ def main(argv=None) -> int:
     results = {"schema": 1, "started_utc": datetime.datetime.now(datetime.timezone.utc)
                .isoformat(timespec="seconds"), "argv": sys.argv[1:], "device": info,
                "versions": versions(), "dtype": str(dtype).removeprefix("torch."),
-               "deadline_s": args.deadline_s, "backend": init_group(torch, device),
-               "sizes": {}, "complete": False}  # fmt: skip
+               "deadline_s": args.deadline_s, "sizes": {}, "complete": False}  # fmt: skip
     runner = Runner(results, path, args.deadline_s, torch, device)
+    try:
+        results["backend"] = init_group(torch, device)
+    except Exception as error:  # no process group: no FSDP2 or DCP item could run
+        results["backend_error"] = f"{type(error).__name__}: {error}"
+        runner.save()
+        print(f"could not start the process group: {error}; wrote {path}", flush=True)
+        return 1
     runner.run(results, "matmul", lambda: I.matmul_rate(device, dtype))
     for size in sizes:
         workload = args.workload if args.workload != "auto" else "tiny" if size == "tiny" else "gpu"
