@@ -84,7 +84,7 @@ def test_cli_runs_the_pool_and_reports_from_the_runs(tiny_policy_dir, tmp_path):
     assert len(dirs) == 4 and len(set(dirs)) == 4
     for run in main_setting["runs"]:  # the table is the files' numbers
         assert main_setting["per_run"][run["dir"]] == run_drifts(
-            run["dir"], report["size"]["window"]
+            run["dir"], main_setting["size"]["window"]
         )
         cfg = json.loads((Path(run["dir"]) / "config.json").read_text())
         assert cfg["objective"]["kl_coef"] == 0.0 and cfg["seed"] == run["seed"]
@@ -105,3 +105,15 @@ def test_cli_runs_the_pool_and_reports_from_the_runs(tiny_policy_dir, tmp_path):
                  "eval.num_samples=1", "eval.ks=[1]"]) == 0  # fmt: skip
     again = json.loads((out / "report" / "results.json").read_text())["settings"]["main"]
     assert [r["wall_s"] for r in again["runs"]] == [r["wall_s"] for r in main_setting["runs"]]
+
+
+def test_setting_sizes():
+    from drgrpo.app.experiments.length import setting_size
+
+    main_size, slip = setting_size("main", False, None, None, None), setting_size(
+        "slip", False, None, None, None)  # fmt: skip
+    assert (main_size.presets, main_size.seeds, main_size.steps) == (
+        ("grpo", "dr_grpo", "dapo"), 3, 300)  # fmt: skip
+    assert (slip.presets, slip.steps, slip.window) == (("grpo", "dr_grpo"), 200, 50)
+    chosen = setting_size("slip", False, ["dapo"], 4, 90)  # the command line wins
+    assert (chosen.presets, chosen.seeds, chosen.steps, chosen.window) == (("dapo",), 4, 90, 30)

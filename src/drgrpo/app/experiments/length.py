@@ -16,7 +16,7 @@ the same base and prompts, in two task settings:
 Runs go to a pool of `jobs` processes, one thread each (independent runs, so no timing is
 compared across them); finished runs are kept and an interrupted run resumes from its checkpoint,
 so the command can be re-run until done. Then the continued-SFT control (same wall time as a
-mean RL run) and the report (app/experiments/length_report.py).
+median RL run) and the report (app/experiments/length_report.py).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -38,6 +39,9 @@ SETTINGS = {
     "main": {"recheck_prob": 0.5},
     "slip": {"recheck_prob": 0.25, "slip_prob": 0.3, "recheck_after_slip": 0.9},
 }
+ABLATION_SIZE = {"presets": ("grpo", "dr_grpo"), "steps": 200}
+"""The slip setting at the default size: the two presets whose difference is the 1/|y_i| (and
+the /std), for fewer steps (it tests a mechanism, not a plateau); --presets / --steps win."""
 
 
 @dataclass(frozen=True)
@@ -85,37 +89,47 @@ def run_length(output: str | Path, *, quick: bool = False, settings: list[str] |
 
     console = console or Console()
     output, t0 = Path(output), time.perf_counter()
-    base = SIZES["quick" if quick else "default"]
-    size = LengthSize(tuple(presets or base.presets), seeds or base.seeds, steps or base.steps,
-                      min(base.eval_every, steps or base.steps), base.eval_prompts,
-                      base.prompts_per_step, base.group_size,
-                      min(base.window, max((steps or base.steps) // 3, 1)))  # fmt: skip
     settings = settings or list(SETTINGS)
     unknown = set(settings) - set(SETTINGS)
     if unknown:
         raise ValueError(f"unknown setting(s) {sorted(unknown)}: choose from {list(SETTINGS)}")
-    plan = {s: [(p, seed, run_config(size, s, p, seed, output, list(overrides)))
-                for p in size.presets for seed in range(size.seeds)] for s in settings}  # fmt: skip
+    sizes = {s: setting_size(s, quick, presets, seeds, steps) for s in settings}
+    plan = {s: [(p, seed, run_config(z, s, p, seed, output, list(overrides)))
+                for p in z.presets for seed in range(z.seeds)] for s, z in sizes.items()}  # fmt: skip
     for runs in plan.values():  # each setting's SFT base once, before the pool forks
         _ensure_base(runs[0][2], console)
     walls = _pool([cfg.to_dict() for runs in plan.values() for *_, cfg in runs], jobs, console)
     rl_walls = {s: [walls[str(cfg.output_dir)] for *_, cfg in runs] for s, runs in plan.items()}
-    # The control: continued SFT from the same base for a mean RL run's wall time, run the way
+    # The control: continued SFT from the same base for an RL run's (median) wall time, run the way
     # the RL runs were (one thread, `jobs` at a time), so "the same time" means the same compute.
     controls = {}
     if control:
-        asks = [(runs[0][2].to_dict(), sum(rl_walls[s]) / len(rl_walls[s]), str(output / s))
+        # the median: a run resumed after an interruption records only its last session's time
+        asks = [(runs[0][2].to_dict(), statistics.median(rl_walls[s]), str(output / s))
                 for s, runs in plan.items()]  # fmt: skip
         controls = dict(zip(plan, _map(_control_one, asks, jobs), strict=True))
     results = {}
     for setting, runs in plan.items():
-        probe = measure_length_penalty(runs[0][2], size.presets, console)
+        probe = measure_length_penalty(runs[0][2], sizes[setting].presets, console)
         listed = [{"preset": p, "seed": seed, "dir": str(cfg.output_dir), "wall_s": w}
                   for (p, seed, cfg), w in zip(runs, rl_walls[setting], strict=True)]  # fmt: skip
-        results[setting] = {"runs": listed, "base_probe": probe,
+        results[setting] = {"runs": listed, "base_probe": probe, "size": sizes[setting].__dict__,
+                            "task_options": SETTINGS[setting],
                             "sft_control": controls.get(setting)}  # fmt: skip
     wall = time.perf_counter() - t0
-    return write_length_report(output, results, size=size.__dict__, jobs=jobs, wall_s=wall)
+    return write_length_report(output, results, jobs=jobs, wall_s=wall)
+
+
+def setting_size(setting: str, quick: bool, presets, seeds, steps) -> LengthSize:
+    """The size of one setting: the named size, the ablation's own at the default size, then
+    the command line's choices."""
+    base = SIZES["quick" if quick else "default"]
+    own = {} if quick or setting == "main" else ABLATION_SIZE
+    presets = tuple(presets or own.get("presets", base.presets))
+    steps = steps or own.get("steps", base.steps)
+    return replace(base, presets=presets, seeds=seeds or base.seeds, steps=steps,
+                   eval_every=min(base.eval_every, steps),
+                   window=min(base.window, max(steps // 3, 1)))  # fmt: skip
 
 
 def _ensure_base(cfg: TrainConfig, console: Console) -> None:

@@ -92,8 +92,11 @@ COLUMNS = {
 }
 
 
-def render_setting(name: str, rep: dict, window: int, plots: list[str]) -> list[str]:
-    lines = [f"## Setting `{name}`", "", "| preset | " + " | ".join(COLUMNS.values()) + " |",
+def render_setting(name: str, rep: dict, plots: list[str]) -> list[str]:
+    size, window = rep["size"], rep["size"]["window"]
+    lines = [f"## Setting `{name}`", "",
+             f"{size['steps']} steps x {size['seeds']} seeds x {', '.join(size['presets'])}; "
+             f"task options {rep['task_options']}.", "", "| preset | " + " | ".join(COLUMNS.values()) + " |",
              "|---" * (len(COLUMNS) + 1) + "|"]  # fmt: skip
     for preset, row in rep["table"].items():
         lines.append(f"| {preset} | " + " | ".join(_ci(row.get(c)) for c in COLUMNS) + " |")
@@ -117,7 +120,7 @@ def render_setting(name: str, rep: dict, window: int, plots: list[str]) -> list[
     sft = rep.get("sft_control")
     if sft:
         ev = sft.get("eval") or {}
-        lines += ["", f"Control, continued SFT for a mean RL run's wall time "
+        lines += ["", f"Control, continued SFT for a median RL run's wall time "
                   f"({sft.get('seconds', 0):.0f} s, {sft.get('steps')} steps): held-out accuracy "
                   f"{ev.get('accuracy')}, length incorrect {ev.get('len_incorrect')}, correct "
                   f"{ev.get('len_correct')}."]  # fmt: skip
@@ -129,12 +132,12 @@ def render_setting(name: str, rep: dict, window: int, plots: list[str]) -> list[
 
 
 def render_markdown(report: dict, plots: dict) -> str:
-    size = report["size"]
+    size = next(iter(report["settings"].values()))["size"]
     lines = ["# Length effect: long runs", "",
-             f"{size['steps']} steps x {size['seeds']} seeds x {', '.join(size['presets'])}, KL off, "
-             f"{size['prompts_per_step']} prompts x {size['group_size']} samples per step; "
-             f"{report['jobs']} runs at a time, one thread each; the whole command took "
-             f"{report['wall_s'] / 60:.1f} min.", ""]  # fmt: skip
+             f"KL off, {size['prompts_per_step']} prompts x {size['group_size']} samples per "
+             f"step, held-out evaluation every {size['eval_every']} steps on "
+             f"{size['eval_prompts']} prompts x 2; {report['jobs']} runs at a time, one thread "
+             f"each; the whole command took {report['wall_s'] / 60:.1f} min.", ""]  # fmt: skip
     for name, rep in report["settings"].items():
-        lines += render_setting(name, rep, size["window"], plots.get(name, []))
+        lines += render_setting(name, rep, plots.get(name, []))
     return "\n".join(lines) + "\n"

@@ -133,15 +133,14 @@ def setting_summary(result: dict, size: dict) -> dict:
             "plateau": plateau(runs, size["steps"], min(100, size["steps"] // 3 or 1))}  # fmt: skip
 
 
-def write_length_report(output: Path, results: dict, *, size: dict, jobs: int,
-                        wall_s: float) -> dict:  # fmt: skip
+def write_length_report(output: Path, results: dict, *, jobs: int, wall_s: float) -> dict:
     from drgrpo.app.experiments.length_render import plot_setting, render_markdown
 
     folder = Path(output) / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    report = {"size": size, "jobs": jobs, "wall_s": round(wall_s, 1), "settings": {}}
+    report = {"jobs": jobs, "wall_s": round(wall_s, 1), "settings": {}}
     for setting, result in results.items():
-        report["settings"][setting] = {**result, **setting_summary(result, size)}
+        report["settings"][setting] = {**result, **setting_summary(result, result["size"])}
     # The numbers first: a missing plotting extra must not lose an experiment's results.
     (folder / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     plots = {}
