@@ -57,7 +57,7 @@ class LengthSize:
 
 
 SIZES = {
-    "default": LengthSize(("grpo", "dr_grpo", "dapo"), seeds=3, steps=300, eval_every=25,
+    "default": LengthSize(("grpo", "dr_grpo", "dapo"), seeds=3, steps=500, eval_every=25,
                           eval_prompts=256, prompts_per_step=8, group_size=8, window=50),
     "quick": LengthSize(("grpo", "dr_grpo"), seeds=2, steps=6, eval_every=3, eval_prompts=16,
                         prompts_per_step=4, group_size=4, window=2),
@@ -140,12 +140,17 @@ def _ensure_base(cfg: TrainConfig, console: Console) -> None:
 
 def _pool(cfgs: list[dict], jobs: int, console: Console) -> dict[str, float]:
     """Train every config (skipping finished ones) in `jobs` one-thread processes; {dir: wall s}
-    of each run's own training time, as its summary.json records it."""
-    todo = [c for c in cfgs if not (Path(c["output_dir"]) / "summary.json").is_file()]
+    of each run: its sessions' times summed (an interrupted session's time is lost)."""
+    todo = [c for c in cfgs if _summary(c["output_dir"]).get("steps") != c["steps"]]
     console.print(f"{len(cfgs)} runs, {len(cfgs) - len(todo)} already done; {jobs} processes")
-    for done, out_dir in enumerate(_map(_train_one, todo, jobs), start=1):
-        console.print(f"[{done}/{len(todo)}] finished {out_dir}")
-    return {c["output_dir"]: _summary(c["output_dir"])["wall_s"] for c in cfgs}
+    _map(_train_one, todo, jobs)
+    return {c["output_dir"]: sum(_walls(c["output_dir"])) for c in cfgs}
+
+
+def _walls(run_dir: str) -> list[float]:
+    """The wall time of each finished training session of a run (`_train_one` appends them)."""
+    path = Path(f"{run_dir}.walls.json")
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _map(fn, items: list, jobs: int) -> list:
@@ -170,9 +175,12 @@ def _train_one(cfg_dict: dict) -> str:
     cfg = config_from_dict(cfg_dict)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    resume = (out / "config.json").is_file()  # an interrupted run continues where it stopped
+    resume = (out / "config.json").is_file()  # an interrupted or shorter run continues
+    t0 = time.perf_counter()
     with open(out.parent / f"{out.name}.log", "a") as log:
         train(cfg, console=Console(file=log, width=120), progress=False, resume=resume)
+    walls = [*_walls(str(out)), round(time.perf_counter() - t0, 1)]
+    Path(f"{out}.walls.json").write_text(json.dumps(walls) + "\n")
     return str(out)
 
 
@@ -180,13 +188,16 @@ def _control_one(ask: tuple[dict, float, str]) -> dict:
     from drgrpo.app.experiments.lineage import run_sft_control
 
     cfg_dict, seconds, folder = ask
-    done = Path(folder) / "runs" / "sft-control" / "sft_summary.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    done = Path(folder) / "runs" / "sft-control"
+    if (done / "sft_summary.json").is_file():  # kept only if made for this time budget
+        budget = json.loads((done / "sft_config.json").read_text())["max_minutes"] * 60
+        if abs(budget - seconds) < 1:
+            return json.loads((done / "sft_summary.json").read_text())
     with open(Path(folder) / "sft-control.log", "a") as log:
         console = Console(file=log, width=120)
         return run_sft_control(config_from_dict(cfg_dict), seconds, Path(folder), console)
 
 
 def _summary(run_dir: str) -> dict:
-    return json.loads((Path(run_dir) / "summary.json").read_text())
+    path = Path(run_dir) / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
