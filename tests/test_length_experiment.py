@@ -117,3 +117,11 @@ def test_setting_sizes():
     assert (slip.presets, slip.steps, slip.window) == (("grpo", "dr_grpo"), 200, 50)
     chosen = setting_size("slip", False, ["dapo"], 4, 90)  # the command line wins
     assert (chosen.presets, chosen.seeds, chosen.steps, chosen.window) == (("dapo",), 4, 90, 30)
+
+
+def test_statistics_are_plain_json_numbers(tmp_path):
+    # scipy returns numpy scalars; results.json must hold plain floats and bools
+    flat = {s: 0.6 + 0.01 * (s % 2) for s in range(0, 301, 25)}
+    runs = [_fake_run(tmp_path / f"grpo-s{i}", flat, [40.0] * 20) for i in (0, 1)]
+    out = {"plateau": plateau(runs, 300), "ci": t_interval([1.0, 2.0]), "w": welch([1, 2], [3, 5])}
+    assert json.loads(json.dumps(out)) == out

@@ -46,7 +46,7 @@ def t_interval(values: list[float], level: float = 0.95) -> dict:
     mean = statistics.fmean(vals) if vals else None
     if n < 2:
         return {"mean": mean, "lo": None, "hi": None, "n": n}
-    half = _stats().t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(vals) / n**0.5
+    half = float(_stats().t.ppf(0.5 + level / 2, n - 1)) * statistics.stdev(vals) / n**0.5
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}
 
 
@@ -61,7 +61,7 @@ def welch(a: list[float], b: list[float]) -> dict:
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     diff = statistics.fmean(a) - statistics.fmean(b)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb else 1.0
-    half = stats.t.ppf(0.975, df) * (va + vb) ** 0.5
+    half = float(stats.t.ppf(0.975, df)) * (va + vb) ** 0.5
     return {"diff": diff, "lo": diff - half, "hi": diff + half, "t": float(res.statistic),
             "df": df, "p": float(res.pvalue)}  # fmt: skip
 
@@ -71,8 +71,8 @@ def slope_interval(xs: list[float], ys: list[float]) -> dict:
     if len(set(xs)) < 3:
         return {"slope": None}
     fit = _stats().linregress(xs, ys)
-    half = _stats().t.ppf(0.975, len(xs) - 2) * fit.stderr
-    return {"slope": fit.slope, "lo": fit.slope - half, "hi": fit.slope + half}
+    slope, half = float(fit.slope), float(_stats().t.ppf(0.975, len(xs) - 2) * fit.stderr)
+    return {"slope": slope, "lo": slope - half, "hi": slope + half}
 
 
 def run_drifts(run_dir: str, window: int) -> dict:
@@ -108,7 +108,7 @@ def plateau(runs: list[dict], steps: int, span: int = 100) -> dict:
             out[preset] = None
             continue
         change = {k: v * span for k, v in fit.items()}
-        change["flat"] = change["lo"] <= 0 <= change["hi"]
+        change["flat"] = bool(change["lo"] <= 0 <= change["hi"])
         out[preset] = change
     return out
 
