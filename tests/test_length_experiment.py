@@ -113,7 +113,7 @@ def test_setting_sizes():
     main_size, slip = setting_size("main", False, None, None, None), setting_size(
         "slip", False, None, None, None)  # fmt: skip
     assert (main_size.presets, main_size.seeds, main_size.steps) == (
-        ("grpo", "dr_grpo", "dapo"), 3, 300)  # fmt: skip
+        ("grpo", "dr_grpo", "dapo"), 3, 500)  # fmt: skip
     assert (slip.presets, slip.steps, slip.window) == (("grpo", "dr_grpo"), 200, 50)
     chosen = setting_size("slip", False, ["dapo"], 4, 90)  # the command line wins
     assert (chosen.presets, chosen.seeds, chosen.steps, chosen.window) == (("dapo",), 4, 90, 30)
