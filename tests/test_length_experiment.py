@@ -125,3 +125,17 @@ def test_statistics_are_plain_json_numbers(tmp_path):
     runs = [_fake_run(tmp_path / f"grpo-s{i}", flat, [40.0] * 20) for i in (0, 1)]
     out = {"plateau": plateau(runs, 300), "ci": t_interval([1.0, 2.0]), "w": welch([1, 2], [3, 5])}
     assert json.loads(json.dumps(out)) == out
+
+
+def test_the_toy_shows_the_mechanism_under_grpo_only():
+    # Length decided after the outcome (length_toy.py): the doc's derivation says GRPO's
+    # 1/|y_i| lengthens wrong and shortens right responses, while a constant (Dr.GRPO) or
+    # batch-wide (DAPO) normalizer leaves them alone in expectation. Measured at this size:
+    # grpo wrong +13.8 to +13.9, right -3.0 to -3.3; dr_grpo wrong 0.2 to 4.1; dapo -0.5 to 1.1.
+    from drgrpo.app.experiments.length_toy import toy_summary
+
+    out = toy_summary(seeds=3)
+    assert min(out["grpo"]["wrong"]) > 8.0 and max(out["grpo"]["right"]) < -1.5
+    for preset in ("dr_grpo", "dapo"):
+        wrong = sum(out[preset]["wrong"]) / 3
+        assert abs(wrong) < min(out["grpo"]["wrong"]) / 2, (preset, out[preset])

@@ -116,8 +116,11 @@ def run_length(output: str | Path, *, quick: bool = False, settings: list[str] |
         results[setting] = {"runs": listed, "base_probe": probe, "size": sizes[setting].__dict__,
                             "task_options": SETTINGS[setting],
                             "sft_control": controls.get(setting)}  # fmt: skip
+    from drgrpo.app.experiments.length_toy import toy_summary
+
+    toy = toy_summary(seeds=2, steps=40, window=10) if quick else toy_summary()
     wall = time.perf_counter() - t0
-    return write_length_report(output, results, jobs=jobs, wall_s=wall)
+    return write_length_report(output, results, jobs=jobs, wall_s=wall, toy=toy)
 
 
 def setting_size(setting: str, quick: bool, presets, seeds, steps) -> LengthSize:

@@ -140,4 +140,19 @@ def render_markdown(report: dict, plots: dict) -> str:
              f"each; the whole command took {report['wall_s'] / 60:.1f} min.", ""]  # fmt: skip
     for name, rep in report["settings"].items():
         lines += render_setting(name, rep, plots.get(name, []))
+    if report.get("mechanism"):
+        lines += render_mechanism(report["mechanism"])
     return "\n".join(lines) + "\n"
+
+
+def render_mechanism(mech: dict) -> list[str]:
+    lines = ["## The mechanism test (app/experiments/length_toy.py)", "",
+             "Length decided after the outcome; drift of mean length, last 50 minus first 50 "
+             "steps (tokens), mean [95%] over seeds:", "",
+             "| preset | wrong responses | right responses |", "|---|---|---|"]  # fmt: skip
+    for preset, row in mech["table"].items():
+        lines.append(f"| {preset} | {_ci(row['wrong'])} | {_ci(row['right'])} |")
+    lines += ["", "| Welch | wrong | right |", "|---|---|---|"]
+    for comp, t in mech["tests"].items():
+        lines.append(f"| {comp} | {_test(t['wrong'])} | {_test(t['right'])} |")
+    return lines + [""]

@@ -133,12 +133,22 @@ def setting_summary(result: dict, size: dict) -> dict:
             "plateau": plateau(runs, size["steps"], min(100, size["steps"] // 3 or 1))}  # fmt: skip
 
 
-def write_length_report(output: Path, results: dict, *, jobs: int, wall_s: float) -> dict:
+def toy_tests(toy: dict) -> dict:
+    """The mechanism test's drifts: {preset: {side: interval}}, and Welch's grpo - other."""
+    table = {p: {side: t_interval(v) for side, v in d.items()} for p, d in toy.items()}
+    tests = {f"grpo - {p}": {side: welch(toy["grpo"][side], toy[p][side]) for side in toy[p]}
+             for p in toy if p != "grpo" and "grpo" in toy}  # fmt: skip
+    return {"drifts": toy, "table": table, "tests": tests}
+
+
+def write_length_report(output: Path, results: dict, *, jobs: int, wall_s: float,
+                        toy: dict | None = None) -> dict:  # fmt: skip
     from drgrpo.app.experiments.length_render import plot_setting, render_markdown
 
     folder = Path(output) / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    report = {"jobs": jobs, "wall_s": round(wall_s, 1), "settings": {}}
+    report = {"jobs": jobs, "wall_s": round(wall_s, 1), "settings": {},
+              "mechanism": toy_tests(toy) if toy else None}  # fmt: skip
     for setting, result in results.items():
         report["settings"][setting] = {**result, **setting_summary(result, result["size"])}
     # The numbers first: a missing plotting extra must not lose an experiment's results.
