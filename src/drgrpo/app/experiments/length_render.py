@@ -74,6 +74,10 @@ def _ci(stat: dict | None, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}g} [{stat['lo']:.{digits}g}, {stat['hi']:.{digits}g}]"
 
 
+def _num(x: float | None, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
 def _test(t: dict) -> str:
     if t.get("p") is None:
         return "-"
@@ -122,8 +126,8 @@ def render_setting(name: str, rep: dict, plots: list[str]) -> list[str]:
         ev = sft.get("eval") or {}
         lines += ["", f"Control, continued SFT for a median RL run's wall time "
                   f"({sft.get('seconds', 0):.0f} s, {sft.get('steps')} steps): held-out accuracy "
-                  f"{ev.get('accuracy')}, length incorrect {ev.get('len_incorrect')}, correct "
-                  f"{ev.get('len_correct')}."]  # fmt: skip
+                  f"{_num(ev.get('accuracy'), 3)}, length incorrect "
+                  f"{_num(ev.get('len_incorrect'), 1)}, correct {_num(ev.get('len_correct'), 1)}."]  # fmt: skip
     walls = [r["wall_s"] for r in rep["runs"]]
     lines += ["", f"Runs: {len(walls)}, {statistics.fmean(walls):.0f} s each on average:"]
     lines += [f"- `{r['dir']}` ({r['preset']}, seed {r['seed']}, {r['wall_s']:.0f} s)"
@@ -137,7 +141,8 @@ def render_markdown(report: dict, plots: dict) -> str:
              f"KL off, {size['prompts_per_step']} prompts x {size['group_size']} samples per "
              f"step, held-out evaluation every {size['eval_every']} steps on "
              f"{size['eval_prompts']} prompts x 2; {report['jobs']} runs at a time, one thread "
-             f"each; the whole command took {report['wall_s'] / 60:.1f} min.", ""]  # fmt: skip
+             f"each; this invocation took {report['wall_s'] / 60:.1f} min (finished runs are "
+             "reused; each run's own time is listed below).", ""]  # fmt: skip
     for name, rep in report["settings"].items():
         lines += render_setting(name, rep, plots.get(name, []))
     if report.get("mechanism"):
