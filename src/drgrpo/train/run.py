@@ -21,14 +21,17 @@ from drgrpo.train.checkpoint import (
     CheckpointError,
     check_compatible,
     check_model_matches,
+    checkpoint_step,
     latest_checkpoint,
     load_training_state,
 )
 from drgrpo.train.critic import Critic, build_critic
+from drgrpo.train.dcp_checkpoint import is_dcp_checkpoint, load_sharded_training_state
 from drgrpo.train.distributed import World, init_distributed, world
 from drgrpo.train.logging import NullLogger, RunLogger
 from drgrpo.train.policy import load_base_policy
 from drgrpo.train.preflight import check_context, longest_prompt, memory_report
+from drgrpo.train.sharded import GatheredEngine, shard_model
 from drgrpo.util.schedule import lr_lambda
 
 
@@ -107,16 +110,18 @@ def sampler_seed(seed: int, rank: int) -> int:
 
 def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     run_dir = Path(cfg.output_dir)
-    world = init_distributed()
+    world = init_distributed(require_group=cfg.model.fsdp)  # FSDP2/DCP need a group, even alone
     if cfg.rollout.prompts_per_step % world.world_size:
         raise ValueError(
             f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the "
             f"world size {world.world_size}: each rank generates and scores whole groups"
         )
-    # The newest complete, hash-verified checkpoint (None: resume from step 0).
-    ckpt = latest_checkpoint(run_dir, say=console.print, missing_ok=True) if resume else None
+    # The newest complete, hash-verified checkpoint (None: resume from step 0), chosen (and
+    # leftovers cleaned up) by rank 0 alone, then told to every rank.
+    ckpt = _latest_on_rank0(run_dir, console, world) if resume else None
     if ckpt is not None:
         check_compatible(ckpt, cfg.to_dict())
+        _check_format(ckpt, cfg)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     device = world.device if world.world_size > 1 else pick_device(cfg.model.device)
@@ -142,29 +147,78 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         load_adapters(policy, ckpt / "model")
     elif ckpt is not None:
         check_model_matches(ckpt, policy)
-        _load_weights(policy, ckpt / "model")
+        if not is_dcp_checkpoint(ckpt):  # a DCP checkpoint loads with the optimizer, below
+            _load_weights(policy, ckpt / "model")
+    engine_model = policy
+    if cfg.model.fsdp:  # FSDP2 per decoder layer under a LogprobModel root (sharded.py)
+        param_dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else None
+        policy = shard_model(policy, param_dtype=param_dtype)
+        engine_model = policy.model
+        if reference is not None:
+            reference = shard_model(reference, param_dtype=param_dtype)
     optimizer, scheduler = _optimizer(cfg, policy, device)
     generator = torch.Generator().manual_seed(sampler_seed(cfg.seed, world.rank))
     state = RunState()
     if ckpt is not None:
-        loaded = load_training_state(ckpt, optimizer=optimizer, generator=generator)
-        scheduler.load_state_dict(loaded.pop("scheduler"))
-        _restore_rank_generator(loaded.pop("rank_rng", None), generator, cfg, world, loaded,
-                                console)  # fmt: skip
-        state = RunState.from_json(loaded)
+        state = _resume_state(ckpt, cfg, world, policy, optimizer, scheduler, generator, console)
         if critic is not None:
             critic.load(ckpt)
+    engine = _engine(cfg, engine_model, tokenizer, rule, run_dir, device)
+    if cfg.model.fsdp:  # generation runs with the full weights, gathered on every rank
+        engine = GatheredEngine(policy, engine)
     return Run(
         config=cfg, run_dir=run_dir, device=device, policy=policy, reference=reference,
         tokenizer=tokenizer, rule=rule, task=task,
-        engine=_engine(cfg, policy, tokenizer, rule, run_dir, device),
+        engine=engine,
         optimizer=optimizer, scheduler=scheduler, generator=generator,
         scorer=RewardScorer.for_task(task, cfg.rollout.reward_timeout_s),
         logger=RunLogger(run_dir, cfg.tensorboard, **_log_resume(resume, ckpt, state))
         if world.is_main else NullLogger(),
-        console=console, autocast=autocast_for(device, cfg.model.dtype), base_path=str(base_path),
+        # under FSDP2 its MixedPrecisionPolicy computes in bf16, not autocast
+        console=console, autocast=autocast_for(device, "float32" if cfg.model.fsdp
+                                               else cfg.model.dtype),
+        base_path=str(base_path),
         state=state, world=world, critic=critic,
     )  # fmt: skip
+
+
+def _latest_on_rank0(run_dir: Path, console, world) -> Path | None:
+    """`latest_checkpoint` on rank 0 (it renames and deletes folders: once, not per rank); its
+    answer, or its error, on every rank."""
+    from drgrpo.train.distributed import gather_objects
+
+    found, error = None, None
+    if world.is_main:
+        try:
+            found = latest_checkpoint(run_dir, say=console.print, missing_ok=True)
+        except CheckpointError as e:
+            error = e
+    found, error = gather_objects((found, error))[0]
+    if error is not None:
+        raise error
+    return found
+
+
+def _check_format(ckpt: Path, cfg: TrainConfig) -> None:
+    if cfg.model.fsdp and not is_dcp_checkpoint(ckpt):
+        raise CheckpointError(
+            f"{ckpt} was written without model.fsdp (a replicated run's HF weights): resume it "
+            "with model.fsdp=false, on any number of processes"
+        )
+
+
+def _resume_state(ckpt, cfg, world, policy, optimizer, scheduler, generator, console) -> RunState:
+    """Optimizer, schedule, RNG and counters from a checkpoint (the weights too for DCP)."""
+    if is_dcp_checkpoint(ckpt):
+        reseed = sampler_seed(cfg.seed, world.rank) + 7_919 * checkpoint_step(ckpt)
+        loaded = load_sharded_training_state(ckpt, model=policy, optimizer=optimizer,
+                                             generator=generator, reseed=reseed)  # fmt: skip
+    else:
+        loaded = load_training_state(ckpt, optimizer=optimizer, generator=generator)
+        _restore_rank_generator(loaded.pop("rank_rng", None), generator, cfg, world, loaded,
+                                console)  # fmt: skip
+    scheduler.load_state_dict(loaded.pop("scheduler"))
+    return RunState.from_json(loaded)
 
 
 def _preflight(cfg, model_config, task, rule, tokenizer, device, console, world) -> None:
