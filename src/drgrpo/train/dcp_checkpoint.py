@@ -84,13 +84,13 @@ def load_sharded_training_state(ckpt: Path, *, model, optimizer, generator: torc
     """Model and optimizer from dcp/ (collective); this rank's RNG and sampling state when the
     checkpoint has its file and either the world size is the same or this is rank 0 (as a
     replicated checkpoint restores rank 0's); otherwise the generator is seeded with `reseed`.
-    Returns state.json's content (without world_size)."""
+    Returns state.json's content (world_size: the one it was saved at)."""
     w, ckpt = D.world(), Path(ckpt)
     try:
         state = json.loads((ckpt / "state.json").read_text())
         S.read_sharded(ckpt / DCP_DIR, model, optimizer)
         rng_file = ckpt / "rng" / f"rank{w.rank}.pt"
-        same_world = state.pop("world_size") == w.world_size
+        same_world = state["world_size"] == w.world_size
         rng = torch.load(rng_file, weights_only=False) if rng_file.is_file() else None
     except Exception as e:  # noqa: BLE001 - any unreadable part makes the checkpoint unusable
         raise CheckpointError(

@@ -213,6 +213,10 @@ def _resume_state(ckpt, cfg, world, policy, optimizer, scheduler, generator, con
         reseed = sampler_seed(cfg.seed, world.rank) + 7_919 * checkpoint_step(ckpt)
         loaded = load_sharded_training_state(ckpt, model=policy, optimizer=optimizer,
                                              generator=generator, reseed=reseed)  # fmt: skip
+        saved = loaded.pop("world_size")
+        if saved != world.world_size and world.is_main:
+            console.print(f"[yellow]checkpoint from another world size ({saved} ranks): "
+                          "ranks > 0 reseed sampling")  # fmt: skip
     else:
         loaded = load_training_state(ckpt, optimizer=optimizer, generator=generator)
         _restore_rank_generator(loaded.pop("rank_rng", None), generator, cfg, world, loaded,
