@@ -88,11 +88,9 @@ def evaluate(
     result["greedy_accuracy"] = None
     if greedy:
         greedy_options = dict(options, temperature=0.0, top_p=1.0)
-        _, _, greedy_correct, more_errors, more_timeouts = run(prompts, list(examples),
-                                                               greedy_options)  # fmt: skip
+        _, _, greedy_correct, *faults = run(prompts, list(examples), greedy_options)
         result["greedy_accuracy"] = _mean(greedy_correct)
-        errors += more_errors
-        timeouts += more_timeouts
+        errors, timeouts = errors + faults[0], timeouts + faults[1]
     return result | {"num_prompts": len(examples), "num_samples": num_samples,
                      "reward_errors": errors, "reward_timeouts": timeouts}  # fmt: skip
 

@@ -112,10 +112,9 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     run_dir = Path(cfg.output_dir)
     world = init_distributed(require_group=cfg.model.fsdp)  # FSDP2/DCP need a group, even alone
     if cfg.rollout.prompts_per_step % world.world_size:
-        raise ValueError(
-            f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the "
-            f"world size {world.world_size}: each rank generates and scores whole groups"
-        )
+        raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be "
+                         f"divisible by the world size {world.world_size}: each rank generates "
+                         "and scores whole groups")  # fmt: skip
     # The newest complete, hash-verified checkpoint (None: resume from step 0), chosen (and
     # leftovers cleaned up) by rank 0 alone, then told to every rank.
     ckpt = _latest_on_rank0(run_dir, console, world) if resume else None
@@ -136,26 +135,16 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy = attach_lora(cfg, policy)
-    reference = None  # under LoRA: the policy with its adapters disabled (adapters.py)
-    if (cfg.objective.uses_reference or cfg.monitor_kl) and not uses_lora(policy):
-        # The reference is the base policy, frozen; on resume it is still the base, not the checkpoint.
-        reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        if cfg.model.dtype == "bfloat16":  # frozen: it needs no fp32 master copy
-            reference = reference.to(torch.bfloat16)
+    reference = _reference(cfg, policy)
     critic = build_critic(cfg, policy, device, world.world_size)  # the base trunk: before a ckpt
-    if ckpt is not None and uses_lora(policy):
-        load_adapters(policy, ckpt / "model")
-    elif ckpt is not None:
-        check_model_matches(ckpt, policy)
-        if not is_dcp_checkpoint(ckpt):  # a DCP checkpoint loads with the optimizer, below
-            _load_weights(policy, ckpt / "model")
+    if ckpt is not None:
+        _load_checkpoint_weights(ckpt, policy)
     engine_model = policy
     if cfg.model.fsdp:  # FSDP2 per decoder layer under a LogprobModel root (sharded.py)
         param_dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else None
-        policy = shard_model(policy, param_dtype=param_dtype)
+        policy, reference = (None if m is None else shard_model(m, param_dtype=param_dtype)
+                             for m in (policy, reference))  # fmt: skip
         engine_model = policy.model
-        if reference is not None:
-            reference = shard_model(reference, param_dtype=param_dtype)
     optimizer, scheduler = _optimizer(cfg, policy, device)
     generator = torch.Generator().manual_seed(sampler_seed(cfg.seed, world.rank))
     state = RunState()
@@ -174,12 +163,37 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         scorer=RewardScorer.for_task(task, cfg.rollout.reward_timeout_s),
         logger=RunLogger(run_dir, cfg.tensorboard, **_log_resume(resume, ckpt, state))
         if world.is_main else NullLogger(),
-        # under FSDP2 its MixedPrecisionPolicy computes in bf16, not autocast
-        console=console, autocast=autocast_for(device, "float32" if cfg.model.fsdp
-                                               else cfg.model.dtype),
+        console=console, autocast=autocast_for(device, _autocast_dtype(cfg)),
         base_path=str(base_path),
         state=state, world=world, critic=critic,
     )  # fmt: skip
+
+
+def _autocast_dtype(cfg: TrainConfig) -> str:
+    """The dtype of autocast: none under FSDP2 (its MixedPrecisionPolicy computes in bf16)."""
+    return "float32" if cfg.model.fsdp else cfg.model.dtype
+
+
+def _reference(cfg: TrainConfig, policy: torch.nn.Module) -> torch.nn.Module | None:
+    """The frozen base policy, when the KL term or its monitor needs it; on resume it is still
+    the base, not the checkpoint. None under LoRA: the policy with its adapters disabled."""
+    if not (cfg.objective.uses_reference or cfg.monitor_kl) or uses_lora(policy):
+        return None
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    if cfg.model.dtype == "bfloat16":  # frozen: it needs no fp32 master copy
+        reference = reference.to(torch.bfloat16)
+    return reference
+
+
+def _load_checkpoint_weights(ckpt: Path, policy: torch.nn.Module) -> None:
+    """A checkpoint's adapters or weights into the plain policy (a DCP checkpoint's weights
+    load with the optimizer, after sharding: `_resume_state`)."""
+    if uses_lora(policy):
+        load_adapters(policy, ckpt / "model")
+        return
+    check_model_matches(ckpt, policy)
+    if not is_dcp_checkpoint(ckpt):
+        _load_weights(policy, ckpt / "model")
 
 
 def _latest_on_rank0(run_dir: Path, console, world) -> Path | None:
