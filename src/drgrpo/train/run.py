@@ -136,7 +136,7 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy = attach_lora(cfg, policy)
     reference = _reference(cfg, policy)
-    critic = build_critic(cfg, policy, device, world.world_size)  # the base trunk: before a ckpt
+    critic = build_critic(cfg, policy, device)  # the base trunk: before a ckpt
     if ckpt is not None:
         _load_checkpoint_weights(ckpt, policy)
     engine_model = policy

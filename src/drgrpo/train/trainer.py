@@ -44,7 +44,7 @@ def train(
     (for resume tests); the run is then continued with `resume=True`. `overwrite` clears an
     earlier run in the folder (a fresh start there is refused otherwise, `run_dir.py`).
     """
-    world = D.init_distributed()  # one process unless launched by torchrun
+    world = D.init_distributed(require_group=cfg.model.fsdp)  # one process unless torchrun
     console = console or Console()
     if not world.is_main:
         console, progress = Console(quiet=True), False  # rank 0 speaks and writes for all
