@@ -53,8 +53,10 @@ def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None =
     `require_group` (FSDP2 and DCP need a process group even alone): then a one-rank group on an
     in-process store. Backend: NCCL on CUDA (each rank on cuda:LOCAL_RANK), gloo on CPU.
     """
+    if dist.is_initialized():  # joined already (an earlier call, or the caller's own group)
+        return world()
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1 and not dist.is_initialized():
+    if size == 1:
         if require_group:
             _single_process_group(timeout_s, backend)
         return world()
@@ -66,15 +68,14 @@ def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None =
             f"WORLD_SIZE={size} but {missing} are not set: launch with "
             "`torchrun --nproc-per-node N -m drgrpo train ...`"
         )
-    if not dist.is_initialized():
-        cuda = torch.cuda.is_available()
-        backend = backend or ("nccl" if cuda else "gloo")
-        kwargs = {}
-        if backend == "nccl":
-            local = int(os.environ["LOCAL_RANK"])
-            torch.cuda.set_device(local)
-            kwargs["device_id"] = torch.device("cuda", local)
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    cuda = torch.cuda.is_available()
+    backend = backend or ("nccl" if cuda else "gloo")
+    kwargs = {}
+    if backend == "nccl":
+        local = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local)
+        kwargs["device_id"] = torch.device("cuda", local)
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     return world()
 
 
