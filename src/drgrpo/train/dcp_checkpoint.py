@@ -91,7 +91,7 @@ def load_sharded_training_state(ckpt: Path, *, model, optimizer, generator: torc
         S.read_sharded(ckpt / DCP_DIR, model, optimizer)
         rng_file = ckpt / "rng" / f"rank{w.rank}.pt"
         same_world = state["world_size"] == w.world_size
-        rng = torch.load(rng_file, weights_only=False) if rng_file.is_file() else None
+        rng = torch.load(rng_file, weights_only=True) if rng_file.is_file() else None
     except Exception as e:  # noqa: BLE001 - any unreadable part makes the checkpoint unusable
         raise CheckpointError(
             f"checkpoint {ckpt} is corrupt or incomplete ({type(e).__name__}: {e})"
