@@ -47,6 +47,11 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in backward instead of keeping them: the
     training peak shrinks to about one layer's activations, for about one more forward."""
+    fsdp: bool = False
+    """Shard the policy (and the reference) with FSDP2 per decoder layer instead of replicating
+    it on every rank: fp32 master weights and gradient reduction, bf16 compute when dtype is
+    bfloat16; checkpoints through torch.distributed.checkpoint (any world size resumes them).
+    Under torchrun, or one process alone. Not yet with lora_rank, baseline=value or vllm."""
 
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
@@ -241,6 +246,7 @@ class TrainConfig:
                 "model.lora_rank with a learned value (baseline=value) is not supported yet: "
                 "the critic would copy an adapted trunk; use full fine-tuning for ppo"
             )
+        self._check_fsdp()
         if self.objective.behavior_correction != "none" and self.rollout.top_p < 1:
             raise ValueError(
                 "objective.behavior_correction needs rollout.top_p = 1: under top-p the sampler's "
@@ -255,6 +261,23 @@ class TrainConfig:
             )
         if self.max_minutes < 0 or self.keep_checkpoints < 1:
             raise ValueError("max_minutes must be >= 0 and keep_checkpoints >= 1")
+
+    def _check_fsdp(self) -> None:
+        """What model.fsdp does not support yet, refused before anything is loaded."""
+        if not self.model.fsdp:
+            return
+        refused = {
+            "model.lora_rank > 0 (the adapters' checkpoint and merged export)": self.model.lora_rank,
+            "objective.baseline=value (PPO's critic)": self.objective.baseline == "value",
+            "rollout.engine=vllm (its weight sync reads whole tensors)": self.rollout.engine
+            == "vllm",
+        }
+        named = [name for name, on in refused.items() if on]
+        if named:
+            raise ValueError(
+                f"model.fsdp=true does not support {'; '.join(named)} yet: set model.fsdp=false "
+                "(plain replication under torchrun) or drop the option"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -50,6 +50,8 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 256,
     bootstrap: int = 0,
+    part: tuple[int, int] = (0, 1),
+    gather: Callable[[object], list] | None = None,
 ) -> dict:
     """Score `engine` on task `examples`.
 
@@ -64,30 +66,31 @@ def evaluate(
     group), truncated_frac, num_prompts, num_samples, per_source (the same accuracy and pass@k
     per example source, when examples name one), and with `bootstrap` > 0 resamples:
     ci95 ({"accuracy": [lo, hi], "pass@k": [lo, hi]}, a percentile bootstrap over prompts).
+
+    Several processes: `part=(rank, world_size)` and `gather` (every rank's value, in rank
+    order: `drgrpo.train.distributed.gather_objects`). Rank r generates and grades the batches
+    r, r + W, ... (each with the seed and rows it has in one process), the rows are gathered back
+    in order, and every rank returns exactly the numbers of one process.
     """
     _check_arguments(examples, num_samples, ks, batch_size)
     prompts = rule.encode_examples(tokenizer, examples)
     options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     # Samples of one prompt sit next to each other: row i belongs to prompt i // num_samples.
     repeated = [p for p in prompts for _ in range(num_samples)]
-    sampled = _generate(engine, repeated, options, seed, batch_size)
-    texts = [rule.response_text(tokenizer, ids, finish == "stop") for ids, finish in sampled]
-    graded = grade(texts, [examples[row // num_samples] for row in range(len(texts))])
-    result = _sample_metrics(sampled, graded.rewards, graded.correct, num_samples, ks)
-    result["per_source"] = _per_source(examples, graded.correct, num_samples, ks)
+    problems = [examples[row // num_samples] for row in range(len(repeated))]
+    run = _Rows(engine, tokenizer, rule, grade, seed, batch_size, part, gather)
+    sampled, rewards, correct, errors, timeouts = run(repeated, problems, options)
+    result = _sample_metrics(sampled, rewards, correct, num_samples, ks)
+    result["per_source"] = _per_source(examples, correct, num_samples, ks)
     if bootstrap:
-        result["ci95"] = _intervals(graded.correct, num_samples, ks, bootstrap, seed)
-    errors, timeouts = graded.faults.errors, graded.faults.timeouts
+        result["ci95"] = _intervals(correct, num_samples, ks, bootstrap, seed)
 
     result["greedy_accuracy"] = None
     if greedy:
         greedy_options = dict(options, temperature=0.0, top_p=1.0)
-        decoded = _generate(engine, prompts, greedy_options, seed, batch_size)
-        texts = [rule.response_text(tokenizer, ids, finish == "stop") for ids, finish in decoded]
-        greedy_graded = grade(texts, list(examples))
-        result["greedy_accuracy"] = _mean(greedy_graded.correct)
-        errors += greedy_graded.faults.errors
-        timeouts += greedy_graded.faults.timeouts
+        _, _, greedy_correct, *faults = run(prompts, list(examples), greedy_options)
+        result["greedy_accuracy"] = _mean(greedy_correct)
+        errors, timeouts = errors + faults[0], timeouts + faults[1]
     return result | {"num_prompts": len(examples), "num_samples": num_samples,
                      "reward_errors": errors, "reward_timeouts": timeouts}  # fmt: skip
 
@@ -165,16 +168,41 @@ def _intervals(correct: list[bool], num_samples: int, ks, resamples: int, seed: 
     return out
 
 
-def _generate(
-    engine: RolloutEngine, prompts: list[list[int]], options: dict, seed: int, batch_size: int
-) -> list[tuple[list[int], str]]:
-    """(response tokens within the mask, finish reason) per prompt, in batches."""
-    out = []
-    for batch, lo in enumerate(range(0, len(prompts), batch_size)):
-        # A seed per batch keeps every batch reproducible whatever device the engine is on.
-        rollouts = engine.generate(prompts[lo : lo + batch_size], seed=seed + batch, **options)
-        out.extend(_responses(rollouts))
-    return out
+class _Rows:
+    """Generate and grade rows in batches (this rank's share of them), gathered in order."""
+
+    def __init__(self, engine, tokenizer, rule, grade, seed, batch_size, part, gather):
+        self.engine, self.tokenizer, self.rule, self.grade = engine, tokenizer, rule, grade
+        self.seed, self.batch_size = seed, batch_size
+        self.rank, self.world_size = part
+        if self.world_size > 1 and gather is None:
+            raise ValueError("evaluate(part=...) over several ranks needs `gather`")
+        self.gather = gather
+
+    def __call__(self, prompts: list[list[int]], problems: list, options: dict):
+        """(sampled [(response ids, finish reason)], rewards, correct, errors, timeouts) of
+        every row, in row order."""
+        mine = []
+        starts = range(0, len(prompts), self.batch_size)
+        for batch, lo in list(enumerate(starts))[self.rank :: self.world_size]:
+            hi = lo + self.batch_size
+            # A seed per batch keeps every batch reproducible whatever device the engine is on.
+            rollouts = self.engine.generate(prompts[lo:hi], seed=self.seed + batch, **options)
+            sampled = _responses(rollouts)
+            texts = [self.rule.response_text(self.tokenizer, ids, finish == "stop")
+                     for ids, finish in sampled]  # fmt: skip
+            graded = self.grade(texts, problems[lo:hi])
+            mine.append((batch, sampled, list(graded.rewards), list(graded.correct),
+                         graded.faults.errors, graded.faults.timeouts))  # fmt: skip
+        every = [mine] if self.world_size == 1 else self.gather(mine)
+        parts = sorted((p for rank_parts in every for p in rank_parts), key=lambda p: p[0])
+        return (
+            [row for p in parts for row in p[1]],
+            [r for p in parts for r in p[2]],
+            [c for p in parts for c in p[3]],
+            sum(p[4] for p in parts),
+            sum(p[5] for p in parts),
+        )
 
 
 def _responses(rollouts: Rollouts) -> list[tuple[list[int], str]]:

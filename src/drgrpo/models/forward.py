@@ -53,6 +53,11 @@ class LogprobModel(torch.nn.Module):
         # Under activation checkpointing in training, HF turns the layers' cache off, so the
         # prompts' keys and values cannot be shared: every row runs its own prompt.
         checkpointing = torch.is_grad_enabled() and activation_checkpointing(self.model)
+        # FSDP2 all-gathers a layer's weights at each call of it: every rank must call the decoder
+        # equally often, so a sharded model runs one padded batch (the number of buckets and the
+        # prompt sharing depend on each rank's data).
+        if self._sharded_layers():
+            return self._padded(input_ids, attention_mask, response_start, *args)
         prompts = None if checkpointing else lp.shared_prompts(input_ids, attention_mask,
                                                                response_start)  # fmt: skip
         buckets = lp.length_buckets(attention_mask, response_start)
@@ -86,6 +91,11 @@ class LogprobModel(torch.nn.Module):
         logprobs = torch.cat([p[0] for p in pieces])[inverse]
         entropy = torch.cat([p[1] for p in pieces])[inverse] if with_entropy else None
         return logprobs, entropy
+
+    def _sharded_layers(self) -> bool:
+        from drgrpo.models.wrappers import _is_fsdp2
+
+        return any(_is_fsdp2(m) for m in self.model.modules())
 
     def _padded(self, input_ids, attention_mask, response_start, *args) -> Stats:
         """The log-probs of one padded batch, as it is laid out."""

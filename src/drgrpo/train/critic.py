@@ -27,15 +27,17 @@ the policy's schedule (warm-up, decay) over the same optimizer steps.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from drgrpo.models.value import ValueModel
 from drgrpo.objective import ObjectiveSpec
+from drgrpo.objective.gae import scale_token_advantages
 from drgrpo.objective.loss import critic_advantages
 from drgrpo.objective.value_loss import explained_variance, value_loss
+from drgrpo.train import distributed as D
 from drgrpo.util.schedule import lr_lambda
 
 WEIGHTS = "critic.safetensors"
@@ -83,6 +85,11 @@ class Critic:
             stats["value_tokens"] = m.sum()
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
+        # Under torchrun: the critic's own gradients summed over ranks, like the policy's (each
+        # rank's loss is its share over the global Z); a shared trunk's are the policy's to sum.
+        D.replicate_gradients(self._own())
+        keys = sorted(sums)  # this rank's shares of the step's sums, totalled over ranks
+        sums = dict(zip(keys, D.all_sum([sums[k] for k in keys]), strict=True))
         # the critic's own parameters only: a shared trunk's gradient is the policy's to clip
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or math.inf))
@@ -132,17 +139,12 @@ class Critic:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-def build_critic(cfg, policy: torch.nn.Module, device: torch.device,
-                 world_size: int = 1) -> Critic | None:  # fmt: skip
+def build_critic(cfg, policy: torch.nn.Module, device: torch.device) -> Critic | None:
     """The critic of a baseline=value objective (None otherwise), from the policy as it is now:
-    call it before any checkpoint's weights are loaded into the policy (the base trunk)."""
+    call it before any checkpoint's weights are loaded into the policy (the base trunk).
+    Under torchrun it is replicated like the policy (every rank starts from the same weights)."""
     if cfg.objective.baseline != "value":
         return None
-    if world_size > 1:
-        raise ValueError(
-            "objective.baseline=value (PPO's critic) runs in one process for now: its gradients "
-            "and the token whitening are not yet reduced across ranks; run it without torchrun"
-        )
     opt, shared = cfg.optim, cfg.model.critic == "shared"
     model = ValueModel.on_policy(policy) if shared else ValueModel.from_policy(policy)
     model = model.to(device=device, dtype=torch.float32)
@@ -166,12 +168,40 @@ def critic_targets(critic: Critic, spec: ObjectiveSpec, outcome: torch.Tensor, r
     GAE; the preset's scale over the batch's loss tokens)."""
     old_values = critic.values(rollouts.input_ids, rollouts.attention_mask,
                                rollouts.response_start)  # fmt: skip
+    several = D.world().world_size > 1  # the scale's statistics are the global batch's
     advantages, returns = critic_advantages(
-        spec, outcome, old_values, rollouts.response_mask, loss_mask,
+        replace(spec, scale="none") if several else spec, outcome, old_values,
+        rollouts.response_mask, loss_mask,
         old_logprobs=rollouts.sampler_logprobs, ref_logprobs=ref_logprobs,
     )  # fmt: skip
-    explained = float(explained_variance(old_values, returns, loss_mask))
+    if not several:
+        return (
+            advantages,
+            returns,
+            old_values,
+            float(explained_variance(old_values, returns, loss_mask)),
+        )
+    valid = loss_mask.bool()
+    everyone, mine = _global_tokens(advantages, valid)  # (1, M) every rank's loss tokens
+    scaled = scale_token_advantages(everyone, torch.ones_like(everyone, dtype=torch.bool),
+                                    spec.scale, std_ddof=spec.std_ddof, eps=spec.adv_eps)  # fmt: skip
+    advantages = torch.zeros_like(advantages).masked_scatter(valid, scaled[0, mine])
+    values, _ = _global_tokens(old_values, valid)
+    targets, _ = _global_tokens(returns, valid)
+    explained = float(
+        explained_variance(values, targets, torch.ones_like(values, dtype=torch.bool))
+    )
     return advantages, returns, old_values, explained
+
+
+def _global_tokens(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, slice]:
+    """(1, M) the loss-token entries of `x` (N, T) of every rank, in rank then row order (the
+    order one process holds them in), and this rank's slice of them."""
+    parts = D.gather_objects(x[valid].detach().cpu())
+    rank = D.world().rank
+    first = sum(len(p) for p in parts[:rank])
+    everyone = torch.cat(parts).to(x.device)[None]
+    return everyone, slice(first, first + len(parts[rank]))
 
 
 def critic_metrics(totals: dict, explained: float) -> dict:

@@ -45,14 +45,20 @@ class World:
         return self.rank == 0
 
 
-def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None) -> World:
+def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None,
+                     *, require_group: bool = False) -> World:  # fmt: skip
     """Join the process group `torchrun` describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*).
 
-    Without torchrun (no WORLD_SIZE) this is one process and nothing is initialised. Backend:
-    NCCL on CUDA (each rank on cuda:LOCAL_RANK), gloo on CPU.
+    Without torchrun (no WORLD_SIZE) this is one process and nothing is initialised, unless
+    `require_group` (FSDP2 and DCP need a process group even alone): then a one-rank group on an
+    in-process store. Backend: NCCL on CUDA (each rank on cuda:LOCAL_RANK), gloo on CPU.
     """
+    if dist.is_initialized():  # joined already (an earlier call, or the caller's own group)
+        return world()
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1 and not dist.is_initialized():
+    if size == 1:
+        if require_group:
+            _single_process_group(timeout_s, backend)
         return world()
     missing = [
         k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ
@@ -62,16 +68,24 @@ def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None =
             f"WORLD_SIZE={size} but {missing} are not set: launch with "
             "`torchrun --nproc-per-node N -m drgrpo train ...`"
         )
-    if not dist.is_initialized():
-        cuda = torch.cuda.is_available()
-        backend = backend or ("nccl" if cuda else "gloo")
-        kwargs = {}
-        if backend == "nccl":
-            local = int(os.environ["LOCAL_RANK"])
-            torch.cuda.set_device(local)
-            kwargs["device_id"] = torch.device("cuda", local)
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    cuda = torch.cuda.is_available()
+    backend = backend or ("nccl" if cuda else "gloo")
+    kwargs = {}
+    if backend == "nccl":
+        local = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local)
+        kwargs["device_id"] = torch.device("cuda", local)
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     return world()
+
+
+def _single_process_group(timeout_s: float, backend: str | None) -> None:
+    """A process group of this process alone (rank 0 of 1): no launcher, no network port."""
+    cuda = torch.cuda.is_available()
+    backend = backend or ("nccl" if cuda else "gloo")
+    kwargs = {"device_id": torch.device("cuda", 0)} if backend == "nccl" else {}
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=timeout_s), **kwargs)  # fmt: skip
 
 
 def world() -> World:

@@ -63,7 +63,12 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, dtype: str
             f"{checkpoint} is neither a drgrpo checkpoint (checkpoints/step-NNNNNN with a model/ "
             "folder) nor a run folder holding one"
         )
-    model, tokenizer = load_policy(ckpt / "model")
+    from drgrpo.train.dcp_checkpoint import is_dcp_checkpoint, load_dcp_policy
+
+    if is_dcp_checkpoint(ckpt):  # a sharded run's (model.fsdp): the weights are in dcp/
+        model, tokenizer = load_dcp_policy(ckpt)
+    else:
+        model, tokenizer = load_policy(ckpt / "model")
     rule = TokenRule.from_tokenizer(tokenizer, model.generation_config)
     source = {"checkpoint": str(ckpt)}
     config = ckpt / "config.json"

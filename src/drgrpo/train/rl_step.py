@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import torch
@@ -145,7 +146,8 @@ def collect(run: Run) -> Collected:
     prompts = [ids for ids in encoded for _ in range(k)]
     chunk = cfg.rollout.chunk_rows or len(prompts)
     parts = []
-    with run.autocast():
+    hold = getattr(run.engine, "hold", nullcontext)  # a sharded policy: gathered once per step
+    with run.autocast(), hold():
         for lo in range(0, len(prompts), chunk):
             parts.append(run.engine.generate(
                 prompts[lo : lo + chunk], max_new_tokens=cfg.rollout.max_new_tokens,

@@ -21,14 +21,17 @@ from drgrpo.train.checkpoint import (
     CheckpointError,
     check_compatible,
     check_model_matches,
+    checkpoint_step,
     latest_checkpoint,
     load_training_state,
 )
 from drgrpo.train.critic import Critic, build_critic
+from drgrpo.train.dcp_checkpoint import is_dcp_checkpoint, load_sharded_training_state
 from drgrpo.train.distributed import World, init_distributed, world
 from drgrpo.train.logging import NullLogger, RunLogger
 from drgrpo.train.policy import load_base_policy
 from drgrpo.train.preflight import check_context, longest_prompt, memory_report
+from drgrpo.train.sharded import GatheredEngine, shard_model
 from drgrpo.util.schedule import lr_lambda
 
 
@@ -107,16 +110,17 @@ def sampler_seed(seed: int, rank: int) -> int:
 
 def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     run_dir = Path(cfg.output_dir)
-    world = init_distributed()
+    world = init_distributed(require_group=cfg.model.fsdp)  # FSDP2/DCP need a group, even alone
     if cfg.rollout.prompts_per_step % world.world_size:
-        raise ValueError(
-            f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the "
-            f"world size {world.world_size}: each rank generates and scores whole groups"
-        )
-    # The newest complete, hash-verified checkpoint (None: resume from step 0).
-    ckpt = latest_checkpoint(run_dir, say=console.print, missing_ok=True) if resume else None
+        raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be "
+                         f"divisible by the world size {world.world_size}: each rank generates "
+                         "and scores whole groups")  # fmt: skip
+    # The newest complete, hash-verified checkpoint (None: resume from step 0), chosen (and
+    # leftovers cleaned up) by rank 0 alone, then told to every rank.
+    ckpt = _latest_on_rank0(run_dir, console, world) if resume else None
     if ckpt is not None:
         check_compatible(ckpt, cfg.to_dict())
+        _check_format(ckpt, cfg)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     device = world.device if world.world_size > 1 else pick_device(cfg.model.device)
@@ -131,40 +135,108 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy = attach_lora(cfg, policy)
-    reference = None  # under LoRA: the policy with its adapters disabled (adapters.py)
-    if (cfg.objective.uses_reference or cfg.monitor_kl) and not uses_lora(policy):
-        # The reference is the base policy, frozen; on resume it is still the base, not the checkpoint.
-        reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        if cfg.model.dtype == "bfloat16":  # frozen: it needs no fp32 master copy
-            reference = reference.to(torch.bfloat16)
-    critic = build_critic(cfg, policy, device, world.world_size)  # the base trunk: before a ckpt
-    if ckpt is not None and uses_lora(policy):
-        load_adapters(policy, ckpt / "model")
-    elif ckpt is not None:
-        check_model_matches(ckpt, policy)
-        _load_weights(policy, ckpt / "model")
+    reference = _reference(cfg, policy)
+    critic = build_critic(cfg, policy, device)  # the base trunk: before a ckpt
+    if ckpt is not None:
+        _load_checkpoint_weights(ckpt, policy)
+    engine_model = policy
+    if cfg.model.fsdp:  # FSDP2 per decoder layer under a LogprobModel root (sharded.py)
+        param_dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else None
+        policy, reference = (None if m is None else shard_model(m, param_dtype=param_dtype)
+                             for m in (policy, reference))  # fmt: skip
+        engine_model = policy.model
     optimizer, scheduler = _optimizer(cfg, policy, device)
     generator = torch.Generator().manual_seed(sampler_seed(cfg.seed, world.rank))
     state = RunState()
     if ckpt is not None:
-        loaded = load_training_state(ckpt, optimizer=optimizer, generator=generator)
-        scheduler.load_state_dict(loaded.pop("scheduler"))
-        _restore_rank_generator(loaded.pop("rank_rng", None), generator, cfg, world, loaded,
-                                console)  # fmt: skip
-        state = RunState.from_json(loaded)
+        state = _resume_state(ckpt, cfg, world, policy, optimizer, scheduler, generator, console)
         if critic is not None:
             critic.load(ckpt)
+    engine = _engine(cfg, engine_model, tokenizer, rule, run_dir, device)
+    if cfg.model.fsdp:  # generation runs with the full weights, gathered on every rank
+        engine = GatheredEngine(policy, engine)
     return Run(
         config=cfg, run_dir=run_dir, device=device, policy=policy, reference=reference,
         tokenizer=tokenizer, rule=rule, task=task,
-        engine=_engine(cfg, policy, tokenizer, rule, run_dir, device),
+        engine=engine,
         optimizer=optimizer, scheduler=scheduler, generator=generator,
         scorer=RewardScorer.for_task(task, cfg.rollout.reward_timeout_s),
         logger=RunLogger(run_dir, cfg.tensorboard, **_log_resume(resume, ckpt, state))
         if world.is_main else NullLogger(),
-        console=console, autocast=autocast_for(device, cfg.model.dtype), base_path=str(base_path),
+        console=console, autocast=autocast_for(device, _autocast_dtype(cfg)),
+        base_path=str(base_path),
         state=state, world=world, critic=critic,
     )  # fmt: skip
+
+
+def _autocast_dtype(cfg: TrainConfig) -> str:
+    """The dtype of autocast: none under FSDP2 (its MixedPrecisionPolicy computes in bf16)."""
+    return "float32" if cfg.model.fsdp else cfg.model.dtype
+
+
+def _reference(cfg: TrainConfig, policy: torch.nn.Module) -> torch.nn.Module | None:
+    """The frozen base policy, when the KL term or its monitor needs it; on resume it is still
+    the base, not the checkpoint. None under LoRA: the policy with its adapters disabled."""
+    if not (cfg.objective.uses_reference or cfg.monitor_kl) or uses_lora(policy):
+        return None
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    if cfg.model.dtype == "bfloat16":  # frozen: it needs no fp32 master copy
+        reference = reference.to(torch.bfloat16)
+    return reference
+
+
+def _load_checkpoint_weights(ckpt: Path, policy: torch.nn.Module) -> None:
+    """A checkpoint's adapters or weights into the plain policy (a DCP checkpoint's weights
+    load with the optimizer, after sharding: `_resume_state`)."""
+    if uses_lora(policy):
+        load_adapters(policy, ckpt / "model")
+        return
+    check_model_matches(ckpt, policy)
+    if not is_dcp_checkpoint(ckpt):
+        _load_weights(policy, ckpt / "model")
+
+
+def _latest_on_rank0(run_dir: Path, console, world) -> Path | None:
+    """`latest_checkpoint` on rank 0 (it renames and deletes folders: once, not per rank); its
+    answer, or its error, on every rank."""
+    from drgrpo.train.distributed import gather_objects
+
+    found, error = None, None
+    if world.is_main:
+        try:
+            found = latest_checkpoint(run_dir, say=console.print, missing_ok=True)
+        except CheckpointError as e:
+            error = e
+    found, error = gather_objects((found, error))[0]
+    if error is not None:
+        raise error
+    return found
+
+
+def _check_format(ckpt: Path, cfg: TrainConfig) -> None:
+    if cfg.model.fsdp and not is_dcp_checkpoint(ckpt):
+        raise CheckpointError(
+            f"{ckpt} was written without model.fsdp (a replicated run's HF weights): resume it "
+            "with model.fsdp=false, on any number of processes"
+        )
+
+
+def _resume_state(ckpt, cfg, world, policy, optimizer, scheduler, generator, console) -> RunState:
+    """Optimizer, schedule, RNG and counters from a checkpoint (the weights too for DCP)."""
+    if is_dcp_checkpoint(ckpt):
+        reseed = sampler_seed(cfg.seed, world.rank) + 7_919 * checkpoint_step(ckpt)
+        loaded = load_sharded_training_state(ckpt, model=policy, optimizer=optimizer,
+                                             generator=generator, reseed=reseed)  # fmt: skip
+        saved = loaded.pop("world_size")
+        if saved != world.world_size and world.is_main:
+            console.print(f"[yellow]checkpoint from another world size ({saved} ranks): "
+                          "ranks > 0 reseed sampling")  # fmt: skip
+    else:
+        loaded = load_training_state(ckpt, optimizer=optimizer, generator=generator)
+        _restore_rank_generator(loaded.pop("rank_rng", None), generator, cfg, world, loaded,
+                                console)  # fmt: skip
+    scheduler.load_state_dict(loaded.pop("scheduler"))
+    return RunState.from_json(loaded)
 
 
 def _preflight(cfg, model_config, task, rule, tokenizer, device, console, world) -> None:

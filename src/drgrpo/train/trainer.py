@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 
 from rich.console import Console
 from tqdm.auto import tqdm
@@ -17,11 +18,13 @@ from drgrpo.objective import render_formula
 from drgrpo.train import distributed as D
 from drgrpo.train.adapters import exported_model
 from drgrpo.train.checkpoint import save_checkpoint
+from drgrpo.train.dcp_checkpoint import save_sharded_checkpoint
 from drgrpo.train.export import export_model
 from drgrpo.train.metrics import eval_metrics, summarize
 from drgrpo.train.rl_step import rl_step
 from drgrpo.train.run import Run, build_run
 from drgrpo.train.run_dir import InterruptGuard, open_run_dir, write_text_atomic
+from drgrpo.train.sharded import full_model, is_sharded
 
 PROGRESS_KEYS = {"reward/mean": "reward", "reward/accuracy": "acc", "rollout/len_mean": "len"}
 
@@ -41,7 +44,7 @@ def train(
     (for resume tests); the run is then continued with `resume=True`. `overwrite` clears an
     earlier run in the folder (a fresh start there is refused otherwise, `run_dir.py`).
     """
-    world = D.init_distributed()  # one process unless launched by torchrun
+    world = D.init_distributed(require_group=cfg.model.fsdp)  # one process unless torchrun
     console = console or Console()
     if not world.is_main:
         console, progress = Console(quiet=True), False  # rank 0 speaks and writes for all
@@ -91,9 +94,11 @@ def _session(run: Run, stop_at_step: int | None, start: float, progress: bool) -
     summary["run_dir"] = str(run.run_dir)
     summary["final_model"] = str(run.run_dir / "final")
     summary["world_size"] = run.world.world_size
+    # a sharded policy: its full weights gathered into a plain copy on rank 0 (collective)
+    final_model = full_model(run.policy) if is_sharded(run.policy) else exported_model(run.policy)
     if run.world.is_main:
         export_model(
-            exported_model(run.policy), run.tokenizer, run.rule, run.run_dir / "final",
+            final_model, run.tokenizer, run.rule, run.run_dir / "final",
             source={"run_dir": str(run.run_dir), "step": step, "config": cfg.to_dict()},
         )  # fmt: skip
         write_text_atomic(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -102,15 +107,21 @@ def _session(run: Run, stop_at_step: int | None, start: float, progress: bool) -
 
 
 def run_eval(run: Run, step: int) -> dict:
-    """The held-out evaluation of the current policy (train's token rule and protected scorer)."""
+    """The held-out evaluation of the current policy (train's token rule and protected scorer).
+
+    Under torchrun the generation batches are dealt out to the ranks and the per-row results
+    gathered, so every rank returns exactly the numbers of one process (each batch has the
+    seed and rows it has in one process). A sharded policy is gathered once for all of it."""
     cfg = run.config
-    with run.autocast():
+    hold = getattr(run.engine, "hold", nullcontext)  # GatheredEngine: full weights throughout
+    with run.autocast(), hold():
         return evaluate(
             run.engine, run.tokenizer, run.rule, run.task.heldout(cfg.eval.num_prompts),
             run.scorer.grade, num_samples=cfg.eval.num_samples, ks=cfg.eval.ks,
             max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature,
             greedy=cfg.eval.greedy, seed=cfg.seed + 1_000_003 * (step + 1),
             bootstrap=cfg.eval.bootstrap,
+            part=(run.world.rank, run.world.world_size), gather=D.gather_objects,
         )  # fmt: skip
 
 
@@ -143,12 +154,18 @@ def _train_steps(run: Run, step: int, last: int, start: float, progress: bool,
 def _checkpoint(run: Run, step: int) -> None:
     """Rank 0 writes the checkpoint (the policy and optimizer are replicated, so its copy is
     everyone's); every rank's sampling state goes into it, so a resume on the same world size
-    continues each rank exactly."""
+    continues each rank exactly. A sharded policy: every rank writes its shards and its own
+    RNG through DCP (dcp_checkpoint.py), in the same atomic, verified folder."""
+    if is_sharded(run.policy):
+        save_sharded_checkpoint(
+            run.run_dir, step, model=run.policy, tokenizer=run.tokenizer,
+            optimizer=run.optimizer, state=_state(run), config=run.config.to_dict(),
+            generator=run.generator, keep=run.config.keep_checkpoints,
+        )  # fmt: skip
+        return
     rank_rng = D.gather_objects(run.generator.get_state().tolist())
     if run.world.is_main:
-        state = {k: v for k, v in run.state.to_json().items() if k != "step"}
-        state["scheduler"] = run.scheduler.state_dict()
-        state["log_sizes"] = run.logger.sync()  # resume cuts the logs back to these
+        state = _state(run)
         if run.world.world_size > 1:
             state["rank_rng"] = rank_rng
         save_checkpoint(
@@ -157,6 +174,14 @@ def _checkpoint(run: Run, step: int) -> None:
             keep=run.config.keep_checkpoints, extra=run.critic.save if run.critic else None,
         )  # fmt: skip
     D.barrier()
+
+
+def _state(run: Run) -> dict:
+    """state.json's run state (the step is the checkpoint's own), the schedule, log sizes."""
+    state = {k: v for k, v in run.state.to_json().items() if k != "step"}
+    state["scheduler"] = run.scheduler.state_dict()
+    state["log_sizes"] = run.logger.sync()  # resume cuts the logs back to these
+    return state
 
 
 def _fmt(value: float | None) -> str:

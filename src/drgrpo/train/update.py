@@ -20,6 +20,7 @@ from drgrpo.config import OptimConfig
 from drgrpo.models.logprobs import sequence_logprobs
 from drgrpo.objective import ObjectiveSpec, compute_normalizer, objective_loss
 from drgrpo.train import distributed as D
+from drgrpo.train.sharded import is_sharded
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,7 @@ def run_updates(
             # --- PPO's critic: the same mini-batch and Z (train/critic.py) ---
             for key, value in (critic_step(mini, z) if critic_step else {}).items():
                 critic_sums[key] = critic_sums.get(key, 0.0) + value
-            D.replicate_gradients(model)  # sum over ranks (each rank's loss is divided by Z)
-            norm = _grad_norm(model, optim.max_grad_norm)
+            norm = _summed_clipped(model, optim.max_grad_norm)
             steps += 1
             if D.any_rank(not (math.isfinite(stats["loss"]) and math.isfinite(norm))):
                 skipped += 1
@@ -205,6 +205,16 @@ def _mini_batch_rows(
         first = part.sort().values[:, None] * group_size  # (g, 1) first row of each group
         rows.append((first + torch.arange(group_size)).reshape(-1))
     return rows
+
+
+def _summed_clipped(model: torch.nn.Module, max_grad_norm: float) -> float:
+    """Gradients summed over ranks (each rank's loss is already divided by the global Z), then
+    clipped; returns the global norm. FSDP2 has summed them in backward (`shard_model` undoes
+    its averaging): its shards' norm is totalled across ranks (`D.clip_grad_norm`)."""
+    if is_sharded(model):
+        return D.clip_grad_norm(model, max_grad_norm)
+    D.replicate_gradients(model)
+    return _grad_norm(model, max_grad_norm)
 
 
 def _grad_norm(model: torch.nn.Module, max_grad_norm: float) -> float:
