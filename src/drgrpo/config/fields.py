@@ -70,6 +70,8 @@ class TaskConfig:
     """Task knobs passed to drgrpo.tasks.make_task, e.g. {k_min: 2, k_max: 5} or {path: data.jsonl}."""
 
 
+MONITOR_KL_MAX_PARAMS = 1_000_000_000
+"""Above this many parameters the KL monitor is off unless asked for (monitor_kl=true)."""
 VLLM_OPTIONS = ("dtype", "gpu_memory_utilization", "max_model_len", "enforce_eager", "block_size",
                 "in_process", "sleep_mode")  # fmt: skip
 
@@ -231,8 +233,10 @@ class TrainConfig:
     """Write a few sampled completions to samples.jsonl every N steps (0 = never)."""
     tensorboard: bool = False
     """Also write TensorBoard logs (needs the tensorboard extra)."""
-    monitor_kl: bool = True
-    """Log KL to the reference even when kl_coef = 0 (one extra no-grad forward per step)."""
+    monitor_kl: bool | None = None
+    """Log KL to the reference even when kl_coef = 0: one extra no-grad forward per step, and a
+    frozen copy of the model in memory (none under LoRA). None: on for models of up to
+    MONITOR_KL_MAX_PARAMS parameters, off above, where that copy costs a GPU's worth of memory."""
     max_nonfinite_steps: int = 3
     """Stop after this many consecutive optimizer steps skipped for a non-finite loss/gradient."""
     no_eos_patience: int = 5
@@ -278,6 +282,12 @@ class TrainConfig:
                 f"model.fsdp=true does not support {'; '.join(named)} yet: set model.fsdp=false "
                 "(plain replication under torchrun) or drop the option"
             )
+
+    def monitors_kl(self, num_params: int) -> bool:
+        """Whether the run logs KL to the reference when its loss needs none (`monitor_kl`)."""
+        if self.monitor_kl is None:
+            return num_params <= MONITOR_KL_MAX_PARAMS
+        return bool(self.monitor_kl)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from drgrpo.config import TrainConfig
-from drgrpo.models.memory import estimate_memory
+from drgrpo.models.memory import count_parameters, estimate_memory
 
 PROBE_PROMPTS = 256
 """Training and held-out prompts encoded to find the longest (a bound, not a guarantee)."""
@@ -40,7 +40,7 @@ def memory_report(cfg: TrainConfig, model_config, prompt_tokens: int, device) ->
         model_config, rollout_rows=cfg.rollout.chunk_rows or rows, prompt_tokens=prompt_tokens,
         max_new_tokens=cfg.rollout.max_new_tokens, micro_batch_rows=micro,
         param_dtype="float32", compute_dtype=cfg.model.dtype,
-        reference_model=cfg.objective.uses_reference or cfg.monitor_kl,
+        reference_model=cfg.objective.uses_reference or cfg.monitors_kl(count_parameters(model_config)),
     )  # fmt: skip
     capacity = None
     if device.type == "cuda":

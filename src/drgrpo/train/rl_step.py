@@ -190,7 +190,7 @@ def score(run: Run, collected: Collected, step: int) -> Scored:
 def reference(run: Run, rollouts: Rollouts, rewards: torch.Tensor):
     """Step 3: (ref_logprobs (N, T) or None, the rewards advantages are computed from)."""
     cfg, spec = run.config, run.config.objective
-    if not (spec.uses_reference or cfg.monitor_kl):
+    if not (spec.uses_reference or run.monitor_kl):
         return None, rewards
     if run.reference is None:  # LoRA: the base is the policy with its adapters disabled
         with run.autocast():
@@ -231,9 +231,9 @@ def needs_old_logprobs(run: Run) -> bool:
 
 def build_batch(run: Run, rollouts, loss_mask, advantages, ref_logprobs) -> TrainBatch:
     """Step 5: everything the loss needs, with pi_old when the updates can be off-policy."""
-    spec, cfg = run.config.objective, run.config
+    spec = run.config.objective
     old_logprobs = _logprobs(run, run.policy, rollouts) if needs_old_logprobs(run) else None
-    keep_ref = spec.kl_placement == "loss" or cfg.monitor_kl
+    keep_ref = spec.kl_placement == "loss" or run.monitor_kl
     return TrainBatch(
         input_ids=rollouts.input_ids, attention_mask=rollouts.attention_mask,
         response_start=rollouts.response_start, loss_mask=loss_mask, advantages=advantages,

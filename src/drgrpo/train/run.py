@@ -13,6 +13,7 @@ import torch
 from rich.console import Console
 
 from drgrpo.config import TrainConfig
+from drgrpo.models.memory import count_parameters
 from drgrpo.rollout import HFRolloutEngine, RolloutEngine, TokenRule
 from drgrpo.tasks import Task, make_task
 from drgrpo.tasks.scoring import RewardScorer
@@ -84,6 +85,8 @@ class Run:
     world: World = field(default_factory=world)
     critic: Critic | None = None
     """PPO's value model, its optimizer and schedule (objective.baseline=value; train/critic.py)."""
+    monitor_kl: bool = True
+    """Whether the KL to the reference is logged when the loss needs none (config.monitors_kl)."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -135,7 +138,8 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy = attach_lora(cfg, policy)
-    reference = _reference(cfg, policy)
+    monitor_kl = _monitor_kl(cfg, policy, console)
+    reference = _reference(cfg, policy, monitor_kl)
     critic = build_critic(cfg, policy, device)  # the base trunk: before a ckpt
     if ckpt is not None:
         _load_checkpoint_weights(ckpt, policy)
@@ -165,7 +169,7 @@ def build_run(cfg: TrainConfig, *, resume: bool, console: Console) -> Run:
         if world.is_main else NullLogger(),
         console=console, autocast=autocast_for(device, _autocast_dtype(cfg)),
         base_path=str(base_path),
-        state=state, world=world, critic=critic,
+        state=state, world=world, critic=critic, monitor_kl=monitor_kl,
     )  # fmt: skip
 
 
@@ -174,10 +178,20 @@ def _autocast_dtype(cfg: TrainConfig) -> str:
     return "float32" if cfg.model.fsdp else cfg.model.dtype
 
 
-def _reference(cfg: TrainConfig, policy: torch.nn.Module) -> torch.nn.Module | None:
+def _monitor_kl(cfg: TrainConfig, policy: torch.nn.Module, console: Console) -> bool:
+    monitor_kl = cfg.monitors_kl(count_parameters(policy.config))
+    if cfg.monitor_kl is None and not monitor_kl:
+        console.print("KL monitor off: the model is larger than 1B parameters (monitor_kl=true "
+                      "logs it anyway, at the cost of a frozen copy of the model)")  # fmt: skip
+    return monitor_kl
+
+
+def _reference(
+    cfg: TrainConfig, policy: torch.nn.Module, monitor_kl: bool
+) -> torch.nn.Module | None:
     """The frozen base policy, when the KL term or its monitor needs it; on resume it is still
     the base, not the checkpoint. None under LoRA: the policy with its adapters disabled."""
-    if not (cfg.objective.uses_reference or cfg.monitor_kl) or uses_lora(policy):
+    if not (cfg.objective.uses_reference or monitor_kl) or uses_lora(policy):
         return None
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     if cfg.model.dtype == "bfloat16":  # frozen: it needs no fp32 master copy
