@@ -31,7 +31,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from drgrpo.app.experiments.lineage import measure_length_penalty
+from drgrpo.app.experiments.lineage import Size, measure_length_penalty
 from drgrpo.config import TrainConfig, build_config
 from drgrpo.config.build import config_from_dict
 
@@ -45,15 +45,10 @@ the /std), for fewer steps (it tests a mechanism, not a plateau); --presets / --
 
 
 @dataclass(frozen=True)
-class LengthSize:
-    presets: tuple[str, ...]
-    seeds: int
-    steps: int
-    eval_every: int
-    eval_prompts: int
-    prompts_per_step: int
-    group_size: int
-    window: int  # steps averaged for a run's "start" and "end" of a per-step metric
+class LengthSize(Size):
+    """The lineage's size, plus the window of a per-step metric's "start" and "end"."""
+
+    window: int = 50
 
 
 SIZES = {
